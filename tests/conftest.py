@@ -1,0 +1,82 @@
+"""Shared test set-up: two logical CPUs, bundled digits, reference subprocesses.
+
+The CPU is split into two logical devices before TensorFlow initialises, so
+every MirroredStrategy test runs on a plain 2-core CI machine.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+CPU_DEVICES = ["/cpu:0", "/cpu:1"]
+
+import tfcompress as tfc  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """((x_train, y_train), (x_test, y_test)) flat (N, 64) float32 digits."""
+    return tfc.datasets.load_digits()
+
+
+@pytest.fixture(scope="session")
+def digits_image():
+    """Digits shaped (N, 8, 8, 1) for CNNs."""
+    return tfc.datasets.load_digits(shape="image")
+
+
+@pytest.fixture
+def mirrored():
+    """A MirroredStrategy over the two logical CPUs."""
+    return tf.distribute.MirroredStrategy(CPU_DEVICES)
+
+
+def run_reference(code, timeout=300):
+    """Runs `code` in a fresh Python process and returns the JSON it prints last.
+
+    Used for tensorflow-model-optimization references: importing tfmot flips
+    the process to legacy Keras, so it must never be imported in the test
+    process itself.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"reference subprocess failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def small_mlp(input_dim=64, hidden=(32,), classes=10, seed=0):
+    """A small Sequential MLP returning logits."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((input_dim,))]
+    layers += [keras.layers.Dense(h, activation="relu") for h in hidden]
+    layers.append(keras.layers.Dense(classes))
+    return keras.Sequential(layers)

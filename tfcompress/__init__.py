@@ -1,0 +1,43 @@
+"""tfcompress: Keras-3-native model compression for TensorFlow and TFLite.
+
+Importing the package registers every serializable tfcompress object with
+Keras, so saved `.keras` files reload with no `custom_objects` and no scopes.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from tfcompress import clustering  # noqa: E402
+from tfcompress import datasets  # noqa: E402
+from tfcompress import dbn  # noqa: E402
+from tfcompress import distill  # noqa: E402
+from tfcompress import distribute  # noqa: E402
+from tfcompress import export  # noqa: E402
+from tfcompress import factorization  # noqa: E402
+from tfcompress import pruning  # noqa: E402
+from tfcompress import quantization  # noqa: E402
+from tfcompress import rbm  # noqa: E402
+from tfcompress import report  # noqa: E402
+from tfcompress.dbn import DBN  # noqa: E402
+from tfcompress.distill import Distiller  # noqa: E402
+from tfcompress.rbm import RBM  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DBN",
+    "RBM",
+    "Distiller",
+    "clustering",
+    "datasets",
+    "dbn",
+    "distill",
+    "distribute",
+    "export",
+    "factorization",
+    "pruning",
+    "quantization",
+    "rbm",
+    "report",
+]

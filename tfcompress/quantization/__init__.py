@@ -1,0 +1,1 @@
+"""Placeholder until its issue lands; replaced by the real module."""
