@@ -1,0 +1,272 @@
+"""Keras layers that hold QAT state: activation ranges and quantized wrappers."""
+
+import weakref
+
+import keras
+from keras import ops
+
+from tfcompress._serialization import register
+from tfcompress.quantization import quantizers, registry
+from tfcompress.quantization.config import QuantizeConfig
+
+# Tensors that are already on an int8 grid, keyed by id. A wrapper inside a
+# subclassed model skips its input range when the tensor comes straight from
+# another quantized layer, so TFLite gets one scale per tensor, not a requantize.
+_QUANTIZED = weakref.WeakValueDictionary()
+
+
+def _mark_quantized(x):
+    try:
+        _QUANTIZED[id(x)] = x
+    except TypeError:
+        pass
+    return x
+
+
+def _is_quantized(x):
+    return _QUANTIZED.get(id(x)) is x
+
+
+@register
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantizes a tensor to asymmetric int8 with a learned range.
+
+    During training the range is a moving average of the batch min/max (the
+    first batch sets it); at inference the stored range is used. With
+    `fixed_range` the range is constant (TFLite's int8 sigmoid/softmax/tanh need
+    exact output scales).
+
+    Args:
+        ema_decay: weight of the old range in the moving average, in `[0, 1)`.
+        fixed_range: optional `(min, max)` pair used instead of a learned range.
+        **kwargs: base `Layer` arguments.
+
+    Raises:
+        ValueError: if `ema_decay` is outside `[0, 1)` or `fixed_range` is not an
+            ordered pair containing 0.
+
+    Example:
+        >>> q = ActivationQuantizer()
+        >>> y = q(ops.ones((2, 3)), training=True)
+        >>> float(q.max_value)
+        1.0
+
+    Reference:
+        Jacob et al., "Quantization and Training of Neural Networks for Efficient
+        Integer-Arithmetic-Only Inference", CVPR 2018, section 3.1.
+    """
+
+    def __init__(self, ema_decay=0.99, fixed_range=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
+        if fixed_range is not None:
+            if len(fixed_range) != 2 or not fixed_range[0] <= 0.0 <= fixed_range[1]:
+                raise ValueError(
+                    "`fixed_range` must be a (min, max) pair with min <= 0 <= max. "
+                    f"Received: fixed_range={fixed_range}"
+                )
+            fixed_range = (float(fixed_range[0]), float(fixed_range[1]))
+        self.ema_decay = float(ema_decay)
+        self.fixed_range = fixed_range
+
+    def build(self, input_shape=None):
+        if self.fixed_range is None:
+            common = dict(shape=(), trainable=False, aggregation="mean")
+            self.min_value = self.add_weight(
+                name="min_value", initializer=keras.initializers.Constant(-6.0), **common
+            )
+            self.max_value = self.add_weight(
+                name="max_value", initializer=keras.initializers.Constant(6.0), **common
+            )
+            self.initialized = self.add_weight(name="initialized", initializer="zeros", **common)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if self.fixed_range is not None:
+            lo, hi = self.fixed_range
+        elif training:
+            lo, hi = self._update_range(inputs)
+        else:
+            lo, hi = self.min_value, self.max_value
+        return _mark_quantized(quantizers.fake_quant(inputs, lo, hi))
+
+    def _update_range(self, inputs):
+        batch_lo, batch_hi = quantizers.batch_range(inputs)
+        first = self.initialized < 0.5
+        lo = ops.where(
+            first, batch_lo, quantizers.moving_average(self.min_value, batch_lo, self.ema_decay)
+        )
+        hi = ops.where(
+            first, batch_hi, quantizers.moving_average(self.max_value, batch_hi, self.ema_decay)
+        )
+        self.min_value.assign(lo)
+        self.max_value.assign(hi)
+        self.initialized.assign(1.0)
+        return lo, hi
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = {"ema_decay": self.ema_decay, "fixed_range": self.fixed_range}
+        return {**super().get_config(), **config}
+
+
+@register
+class QuantizeWrapper(keras.layers.Layer):
+    """Runs a Keras layer on fake-quantized int8 weights and activations.
+
+    Weighted layers (Dense, Conv, DepthwiseConv, SeparableConv, RBM) have their
+    kernels fake-quantized symmetrically (per output channel for convolutions)
+    and their maths re-run on them; ReLU/ReLU6 activations stay fused; other
+    activations get a range before and after them. Layers without weights
+    (Add, Concatenate, activations, global average pooling) get an output range.
+    The wrapped layer keeps its own float variables: they are what training
+    updates.
+
+    Args:
+        layer: the Keras layer to wrap (it is used, not copied).
+        quantize_config: a `QuantizeConfig`; `None` uses the defaults.
+        quantize_inputs: also give the inputs a range. Needed where the
+            producer of an input is unknown (subclassed models); a wrapper skips
+            it for a tensor that comes straight from another quantized layer.
+        **kwargs: base `Layer` arguments.
+
+    Raises:
+        ValueError: if `layer` is not a layer QAT can quantize.
+
+    Example:
+        >>> q = QuantizeWrapper(keras.layers.Dense(4, activation="relu"))
+        >>> q(ops.ones((2, 3)), training=True).shape
+        (2, 4)
+
+    Reference:
+        Jacob et al., "Quantization and Training of Neural Networks for Efficient
+        Integer-Arithmetic-Only Inference", CVPR 2018.
+    """
+
+    def __init__(self, layer, quantize_config=None, quantize_inputs=False, **kwargs):
+        if not isinstance(layer, keras.layers.Layer) or registry.role(layer) not in (
+            "weighted",
+            "merge",
+            "activation",
+            "ranged",
+        ):
+            raise ValueError(f"QuantizeWrapper cannot quantize this layer. Received: layer={layer}")
+        if quantize_config is not None and not isinstance(quantize_config, QuantizeConfig):
+            raise ValueError(
+                "`quantize_config` must be a QuantizeConfig. "
+                f"Received: quantize_config={quantize_config}"
+            )
+        kwargs.setdefault("name", f"quant_{layer.name}")
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.quantize_config = quantize_config or QuantizeConfig()
+        self.quantize_inputs = bool(quantize_inputs)
+        self.kind = registry.weighted_kind(layer)
+
+    @property
+    def per_channel(self):
+        granularity = self.quantize_config.weight_granularity
+        if granularity is None:
+            return self.kind.per_channel
+        return granularity == "per_channel"
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        decay = self.quantize_config.ema_decay
+        n_inputs = len(input_shape) if registry.role(self.layer) == "merge" else 1
+        self.input_quantizers = [
+            self._quantizer(f"input_{i}", decay) for i in range(n_inputs)
+        ] if self.quantize_inputs else []
+        name = registry.activation_name(self.layer)
+        pre = self.kind is not None and name not in registry.FUSABLE_ACTIVATIONS
+        self.pre_activation_quantizer = self._quantizer("pre_activation", decay) if pre else None
+        self.intermediate_quantizer = (
+            self._quantizer("intermediate", decay) if self.kind is registry.SEPARABLE else None
+        )
+        self.output_quantizer = self._quantizer("output", decay, registry.output_range(self.layer))
+        self.kernel_masks = []
+        if self.kind is not None and self.quantize_config.preserve_sparsity:
+            for attr in self.kind.kernels:
+                kernel = getattr(self.layer, attr)
+                self.kernel_masks.append(
+                    self.add_weight(
+                        name=f"{attr}_mask",
+                        shape=tuple(kernel.shape),
+                        initializer=lambda shape, dtype, k=kernel: ops.cast(
+                            ops.not_equal(k, 0.0), dtype
+                        ),
+                        trainable=False,
+                    )
+                )
+        self.built = True
+
+    def _quantizer(self, role, decay, fixed_range=None):
+        quantizer = ActivationQuantizer(
+            ema_decay=decay, fixed_range=fixed_range, name=f"{self.name}_{role}"
+        )
+        quantizer.build()
+        return quantizer
+
+    def quantized_kernels(self):
+        """The kernels as used in the forward pass (masked, fake-quantized)."""
+        out = []
+        for i, attr in enumerate(self.kind.kernels):
+            w = getattr(self.layer, attr)
+            if self.kernel_masks:
+                w = w * self.kernel_masks[i]
+            if self.kind.depthwise or (self.kind is registry.SEPARABLE and i == 0):
+                if self.per_channel:
+                    out.append(quantizers.quantize_depthwise_kernel(w))
+                    continue
+            out.append(quantizers.quantize_weight(w, per_channel=self.per_channel))
+        return out
+
+    def call(self, inputs, training=None):
+        if self.input_quantizers:
+            inputs = self._quantize_inputs(inputs, training)
+        if self.kind is None:
+            y = self.layer(inputs, training=training)
+        else:
+            mid = self.intermediate_quantizer
+
+            def mid_fn(t):
+                return mid(t, training=training)
+
+            y = self.kind.forward(self.layer, inputs, self.quantized_kernels(), mid_fn)
+            if self.pre_activation_quantizer is not None:
+                y = self.pre_activation_quantizer(y, training=training)
+            y = registry.activation_fn(self.layer)(y)
+        return self.output_quantizer(y, training=training)
+
+    def _quantize_inputs(self, inputs, training):
+        single = len(self.input_quantizers) == 1 and not isinstance(inputs, (list, tuple))
+        items = [inputs] if single else list(inputs)
+        items = [
+            x if _is_quantized(x) else q(x, training=training)
+            for x, q in zip(items, self.input_quantizers)
+        ]
+        return items[0] if single else items
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = {
+            "layer": keras.saving.serialize_keras_object(self.layer),
+            "quantize_config": keras.saving.serialize_keras_object(self.quantize_config),
+            "quantize_inputs": self.quantize_inputs,
+        }
+        return {**super().get_config(), **config}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        config["quantize_config"] = keras.saving.deserialize_keras_object(
+            config["quantize_config"]
+        )
+        return cls(**config)

@@ -1,0 +1,223 @@
+"""Which Keras layers QAT knows, and how each computes with quantized kernels.
+
+Four roles:
+- weighted (Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D, RBM):
+  kernels are fake-quantized and the layer's maths is re-run on them;
+- computing layers without weights (Add, Concatenate, activations, ...): their
+  output gets its own activation range;
+- pass-through layers (pooling, Reshape, Flatten, Dropout, ...): TFLite keeps
+  the input's scale on their output, so they need no range of their own;
+- anything else is unsupported and stays float.
+"""
+
+import dataclasses
+
+import keras
+from keras import ops
+
+from tfcompress.quantization import quantizers
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """How a weighted layer computes from its (fake-quantized) kernels.
+
+    Attributes:
+        name: short name.
+        kernels: attribute names of the kernels to fake-quantize.
+        per_channel: default weight granularity.
+        forward: ``forward(layer, x, kernels, mid)`` -> pre-activation output;
+            `mid` fake-quantizes an intermediate tensor (separable convs).
+        foldable: a following BatchNormalization can be folded into it.
+    """
+
+    name: str
+    kernels: tuple
+    per_channel: bool
+    forward: object
+    foldable: bool = True
+    depthwise: bool = False
+
+
+def _add_bias(layer, y, bias):
+    if bias is None:
+        return y
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        bias = ops.reshape(bias, (1, -1) + (1,) * (len(y.shape) - 2))
+    return y + bias
+
+
+def _dense_forward(layer, x, kernels, mid):
+    return _add_bias(layer, ops.matmul(x, kernels[0]), layer.bias)
+
+
+def _conv_forward(layer, x, kernels, mid):
+    return _add_bias(layer, layer.convolution_op(x, kernels[0]), layer.bias)
+
+
+def _depthwise_forward(layer, x, kernels, mid):
+    y = ops.depthwise_conv(
+        x,
+        kernels[0],
+        strides=layer.strides,
+        padding=layer.padding,
+        data_format=layer.data_format,
+        dilation_rate=layer.dilation_rate,
+    )
+    return _add_bias(layer, y, layer.bias)
+
+
+def _separable_forward(layer, x, kernels, mid):
+    # TFLite runs a separable conv as DEPTHWISE_CONV_2D then a 1x1 CONV_2D; the
+    # tensor between them needs its own int8 range.
+    y = ops.depthwise_conv(
+        x,
+        kernels[0],
+        strides=layer.strides,
+        padding=layer.padding,
+        data_format=layer.data_format,
+        dilation_rate=layer.dilation_rate,
+    )
+    y = mid(y)
+    y = ops.conv(y, kernels[1], strides=1, padding="valid", data_format=layer.data_format)
+    return _add_bias(layer, y, layer.bias)
+
+
+def _rbm_forward(layer, x, kernels, mid):
+    return ops.matmul(x, kernels[0]) + layer.hidden_bias
+
+
+DENSE = Kind("dense", ("kernel",), False, _dense_forward)
+CONV = Kind("conv", ("kernel",), True, _conv_forward)
+DEPTHWISE = Kind("depthwise", ("kernel",), True, _depthwise_forward, depthwise=True)
+SEPARABLE = Kind("separable", ("depthwise_kernel", "pointwise_kernel"), True, _separable_forward)
+RBM = Kind("rbm", ("kernel",), False, _rbm_forward, foldable=False)
+
+_WEIGHTED = (
+    ((keras.layers.Dense,), DENSE),
+    ((keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D), CONV),
+    ((keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D), DEPTHWISE),
+    ((keras.layers.SeparableConv1D, keras.layers.SeparableConv2D), SEPARABLE),
+)
+
+MERGE_LAYERS = (
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Multiply,
+    keras.layers.Average,
+    keras.layers.Maximum,
+    keras.layers.Minimum,
+    keras.layers.Concatenate,
+)
+
+ACTIVATION_LAYERS = (
+    keras.layers.ReLU,
+    keras.layers.Activation,
+    keras.layers.Softmax,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+)
+
+PASS_THROUGH_LAYERS = (
+    keras.layers.InputLayer,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Permute,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.GaussianNoise,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.UpSampling2D,
+    keras.layers.Identity,
+)
+
+# Global average pooling lowers to TFLite MEAN, which rescales: give it a range.
+RANGED_LAYERS = (
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+)
+
+FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
+
+
+def _is_rbm(layer):
+    from tfcompress import rbm
+
+    rbm_class = getattr(rbm, "RBM", None)
+    return (
+        isinstance(rbm_class, type)
+        and isinstance(layer, rbm_class)
+        and hasattr(layer, "kernel")
+        and hasattr(layer, "hidden_bias")
+    )
+
+
+def weighted_kind(layer):
+    """The `Kind` of a weighted layer QAT can quantize, else None."""
+    for classes, kind in _WEIGHTED:
+        if isinstance(layer, classes):
+            return kind
+    if _is_rbm(layer):
+        return RBM
+    return None
+
+
+def role(layer):
+    """One of "weighted", "merge", "activation", "ranged", "pass", "batchnorm", None."""
+    if weighted_kind(layer) is not None:
+        return "weighted"
+    if isinstance(layer, MERGE_LAYERS):
+        return "merge"
+    if isinstance(layer, ACTIVATION_LAYERS):
+        return "activation"
+    if isinstance(layer, RANGED_LAYERS):
+        return "ranged"
+    if isinstance(layer, PASS_THROUGH_LAYERS):
+        return "pass"
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return "batchnorm"
+    return None
+
+
+def activation_name(layer):
+    """Name of the activation a layer applies last ("linear" when none)."""
+    if _is_rbm(layer):
+        return "sigmoid"
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    if isinstance(layer, keras.layers.ReLU):
+        plain = layer.negative_slope == 0 and layer.threshold == 0
+        if plain and layer.max_value is None:
+            return "relu"
+        if plain and layer.max_value == 6:
+            return "relu6"
+        return "relu_custom"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return "linear"
+    return getattr(activation, "__name__", "custom")
+
+
+def activation_fn(layer):
+    """The activation function a weighted layer applies after its bias."""
+    if _is_rbm(layer):
+        return keras.activations.sigmoid
+    return layer.activation or keras.activations.linear
+
+
+def output_range(layer):
+    """A fixed (min, max) output range TFLite requires for the layer, or None."""
+    return quantizers.FIXED_OUTPUT_RANGES.get(activation_name(layer))
