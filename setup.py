@@ -22,7 +22,7 @@ setup(
             "pytest",
             "pytest-xdist",
             "ruff",
-            # Reference only: imported in subprocesses by tests and benchmarks, never by the package.
+            # Reference only: used in subprocesses by tests and benchmarks, never by the package.
             "tensorflow-model-optimization",
             "tf-keras",
             "matplotlib",

@@ -32,7 +32,9 @@ def test_split_is_stratified_disjoint_and_seeded():
     assert not np.array_equal(other[1][0], xt)
 
 
-@pytest.mark.parametrize("kwargs, name", [({"test_size": 1.0}, "test_size"), ({"shape": "cube"}, "shape")])
+@pytest.mark.parametrize(
+    "kwargs, name", [({"test_size": 1.0}, "test_size"), ({"shape": "cube"}, "shape")]
+)
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=f"Received: {name}="):
         tfc.datasets.load_digits(**kwargs)

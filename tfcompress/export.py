@@ -72,7 +72,8 @@ def _input_spec(model, representative_data):
 def _validate(model, path, quantization, representative_data, int8_io):
     if quantization not in QUANTIZATIONS:
         raise ValueError(
-            f"`quantization` must be one of {QUANTIZATIONS}. Received: quantization={quantization!r}"
+            f"`quantization` must be one of {QUANTIZATIONS}. "
+            f"Received: quantization={quantization!r}"
         )
     if path is not None and not str(path).endswith(".tflite"):
         raise ValueError(f"`path` must end in '.tflite'. Received: path={str(path)!r}")
@@ -357,7 +358,8 @@ class LiteModel:
     def _check_input(self, x):
         x = np.asarray(x)
         expected = tuple(self.input_details["shape_signature"][1:])
-        if x.ndim != len(expected) + 1 or any(e not in (-1, s) for e, s in zip(expected, x.shape[1:])):
+        mismatch = any(e not in (-1, s) for e, s in zip(expected, x.shape[1:]))
+        if x.ndim != len(expected) + 1 or mismatch:
             raise ValueError(
                 f"`x` must have shape (N, {', '.join(map(str, expected))}) for this model. "
                 f"Received: x.shape={x.shape}"

@@ -180,7 +180,9 @@ def compression_report(models, x=None, y=None, *, latency_runs=100):
         >>> print(compression_report({"float": model, "int8": "m_int8.tflite"}, x_te, y_te))
     """
     if not isinstance(models, dict) or not models:
-        raise ValueError(f"`models` must be a non-empty dict of name -> model. Received: {models!r}")
+        raise ValueError(
+            f"`models` must be a non-empty dict of name -> model. Received: models={models!r}"
+        )
     if (x is None) != (y is None):
         raise ValueError(f"Pass both `x` and `y`, or neither. Received: x is None={x is None}")
     rows = []

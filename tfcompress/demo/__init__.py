@@ -33,7 +33,9 @@ class DemoContext:
         """Adds a Keras model or a .tflite path to the final compression report."""
         if name in self.rows:
             raise ValueError(f"A report row named {name!r} exists already. Received: name={name!r}")
-        self.rows[name] = str(model_or_path) if isinstance(model_or_path, pathlib.Path) else model_or_path
+        if isinstance(model_or_path, pathlib.Path):
+            model_or_path = str(model_or_path)
+        self.rows[name] = model_or_path
 
 
 def run(out_dir="saved_models", steps=None, log=print):

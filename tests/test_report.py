@@ -1,0 +1,88 @@
+import gzip
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress as tfc
+
+
+@pytest.fixture
+def tiny():
+    """Dense(2 -> 3) with 4 non-zero values of 9 parameters."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    model.set_weights([np.array([[1.0, 0.0, 2.0], [0.0, 0.0, -3.0]], "float32"),
+                       np.array([0.0, 0.5, 0.0], "float32")])
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]], "float32")
+    # logits: [1, .5, 2] -> 2; [0, .5, -3] -> 1; [1, .5, -1] -> 0; [0, .5, 0] -> 1
+    y = np.array([2, 1, 1, 1])
+    return model, x, y
+
+
+def test_keras_and_tflite_rows_match_hand_computed_figures(tiny, tmp_path):
+    model, x, y = tiny
+    path = tmp_path / "tiny.tflite"
+    blob = tfc.export.to_tflite(model, path)
+    report = tfc.report.compression_report({"keras": model, "file": str(path)}, x, y,
+                                           latency_runs=3)
+    rows = report.to_dict()
+    for name in ("keras", "file"):
+        assert rows[name]["params"] == 9
+        assert rows[name]["nonzero"] == 4
+        assert rows[name]["sparsity"] == pytest.approx(5 / 9)
+        assert rows[name]["accuracy"] == pytest.approx(3 / 4)
+        assert rows[name]["tflite_bytes"] == len(blob)
+        assert rows[name]["gzip_bytes"] == len(gzip.compress(blob, compresslevel=9))
+        assert rows[name]["latency_us"] > 0
+    model.save(tmp_path / "tiny.keras")
+    assert rows["keras"]["file_bytes"] == os.path.getsize(tmp_path / "tiny.keras")
+    assert rows["file"]["file_bytes"] == len(blob)
+    assert rows["keras"]["kind"] == "keras" and rows["file"]["kind"] == "tflite"
+
+
+def test_int8_rows_count_zero_points_as_zero(tiny, tmp_path):
+    model, x, y = tiny
+    blob = tfc.export.to_tflite(model, quantization="int8",
+                                representative_data=np.random.default_rng(0).random((50, 2)))
+    row = tfc.report.compression_report({"int8": blob}, x, y, latency_runs=3).to_dict()["int8"]
+    assert row["params"] == 9 and row["nonzero"] == 4 and row["accuracy"] == pytest.approx(0.75)
+
+
+def test_text_markdown_and_plot(tiny, tmp_path):
+    model, x, y = tiny
+    report = tfc.report.compression_report({"a": model, "b": tfc.export.to_tflite(model)}, x, y,
+                                           latency_runs=3)
+    text = str(report).splitlines()
+    assert len(text) == 4 and text[0].startswith("model") and "sparsity" in text[0]
+    assert "0.556" in text[2]
+    markdown = report.to_markdown().splitlines()
+    assert len(markdown) == 4 and markdown[2].startswith("| a | 9 | 4 | 0.556 |")
+    png = report.plot(tmp_path / "plot.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flat_data_serves_image_models(digits):
+    _, (xt, yt) = digits
+    cnn = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    row = tfc.report.compression_report({"cnn": cnn}, xt, yt, latency_runs=3).to_dict()["cnn"]
+    expected = np.mean(np.argmax(cnn.predict(xt.reshape(-1, 8, 8, 1), verbose=0), -1) == yt)
+    assert row["accuracy"] == pytest.approx(expected)
+
+
+def test_report_without_data_leaves_accuracy_out(tiny):
+    model, _, _ = tiny
+    row = tfc.report.compression_report({"a": model}, latency_runs=3).to_dict()["a"]
+    assert row["accuracy"] is None and row["params"] == 9
+
+
+@pytest.mark.parametrize("models, match", [({}, "non-empty"), ({"a": 3}, "models\\['a'\\]")])
+def test_bad_report_arguments(models, match):
+    with pytest.raises(ValueError, match=match):
+        tfc.report.compression_report(models)
+
+
+def test_x_without_y(tiny):
+    model, x, _ = tiny
+    with pytest.raises(ValueError, match="x is None=False"):
+        tfc.report.compression_report({"a": model}, x)
