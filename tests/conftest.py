@@ -49,7 +49,7 @@ def digits_image():
 @pytest.fixture
 def mirrored():
     """A MirroredStrategy over the two logical CPUs."""
-    return tf.distribute.MirroredStrategy(CPU_DEVICES)
+    return tfc.distribute.strategy(CPU_DEVICES)
 
 
 def run_reference(code, timeout=300):

@@ -5,7 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import run_reference, small_mlp
+from conftest import small_mlp
 
 import tfcompress as tfc
 
@@ -339,9 +339,10 @@ def test_subclassed_student(digits):
     wrong.compile()
     with pytest.raises(ValueError, match="output shape"):
         wrong.compute_loss(x[:4], None, wrong(x[:4]))
+    teacher = small_mlp(seed=1)
     with pytest.raises(ValueError, match="Functional or Sequential student"):
-        tfc.Distiller(student=_SubclassedStudent(), teacher=small_mlp(seed=1),
-                      feature_layers=[("dense", "dense")])
+        tfc.Distiller(student=_SubclassedStudent(), teacher=teacher,
+                      feature_layers=[(teacher.layers[0].name, "dense")])
 
 
 def test_get_config_round_trip():
@@ -357,7 +358,8 @@ def test_get_config_round_trip():
     assert not clone.teacher.trainable
 
 
-def test_keras_round_trip_in_fresh_process(tmp_path, digits):
+def test_keras_round_trip(tmp_path, digits):
+    # A fresh process that imports only tfcompress reloads a Distiller in test_multiworker.py.
     (x, y), _ = digits
     teacher, student = _feature_pair()
     d = tfc.Distiller(student=student, teacher=teacher, feature_layers=[("t_hidden", "s_hidden")])
@@ -365,37 +367,55 @@ def test_keras_round_trip_in_fresh_process(tmp_path, digits):
               distillation_loss_fn=keras.losses.KLDivergence(), alpha=0.25, temperature=5,
               feature_weight=0.3)
     d.fit(x[:128], y[:128], batch_size=64, epochs=1, verbose=0)
-    path = tmp_path / "distiller.keras"
-    d.save(path)
+    d.save(tmp_path / "distiller.keras")
+    clone = keras.saving.load_model(tmp_path / "distiller.keras")
+    assert type(clone) is tfc.Distiller
+    assert (clone.alpha, clone.temperature, clone.feature_weight) == (0.25, 5.0, 0.3)
+    assert isinstance(clone.distillation_loss_fn, keras.losses.KLDivergence)
+    assert not clone.teacher.trainable
+    for a, b in zip(clone.weights, d.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_allclose(clone.predict(x[:64], verbose=0), d.predict(x[:64], verbose=0),
+                               atol=1e-6)
     logs = d.evaluate(x[:64], y[:64], verbose=0, return_dict=True)
-    expected = d.predict(x[:64], verbose=0)
-    np.save(tmp_path / "x.npy", x[:64])
-    np.save(tmp_path / "y.npy", y[:64])
-    result = run_reference(f"""
-        import json, numpy as np, keras
-        import tfcompress
-        d = keras.saving.load_model({str(path)!r})
-        x, y = np.load({str(tmp_path / "x.npy")!r}), np.load({str(tmp_path / "y.npy")!r})
-        logs = d.evaluate(x, y, verbose=0, return_dict=True)
-        print(json.dumps(dict(
-            cls=type(d).__name__, alpha=d.alpha, temperature=d.temperature,
-            feature_weight=d.feature_weight, loss_fn=type(d.distillation_loss_fn).__name__,
-            teacher_trainable=d.teacher.trainable, logs=logs,
-            pred=d.predict(x, verbose=0).tolist())))
-    """)
-    assert result["cls"] == "Distiller"
-    assert (result["alpha"], result["temperature"], result["feature_weight"]) == (0.25, 5.0, 0.3)
-    assert result["loss_fn"] == "KLDivergence" and result["teacher_trainable"] is False
-    np.testing.assert_allclose(result["pred"], expected, atol=1e-5)
-    for key in ("loss", "student_loss", "distillation_loss", "feature_loss", "accuracy"):
-        assert result["logs"][key] == pytest.approx(logs[key], rel=1e-5)
+    clone_logs = clone.evaluate(x[:64], y[:64], verbose=0, return_dict=True)
+    assert set(clone_logs) == {"loss", "student_loss", "distillation_loss", "feature_loss",
+                               "accuracy"}
+    for key, value in logs.items():
+        assert clone_logs[key] == pytest.approx(value, rel=1e-5)
+    # Training resumes with the restored optimizer state.
+    for a, b in zip(clone.optimizer.variables, d.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_teacherless_round_trip(tmp_path):
+def test_teacherless_round_trip(tmp_path, digits):
+    (x, y), _ = digits
+    teacher = small_mlp(hidden=(32,), seed=1)
     d = tfc.Distiller(student=small_mlp(seed=2))
-    d.compile(alpha=0.0, temperature=2.0)
+    d.compile(student_loss_fn=SCCE, alpha=0.5, temperature=2.0)
+    target = {"labels": y[:64], "teacher": teacher.predict(x[:64], verbose=0)}
+    d.fit(x[:64], target, batch_size=32, verbose=0)
     d.save(tmp_path / "d.keras")
     clone = keras.saving.load_model(tmp_path / "d.keras")
-    assert clone.teacher is None and clone.temperature == 2.0
-    x = np.ones((2, 64), "float32")
-    np.testing.assert_allclose(clone.predict(x, verbose=0), d.predict(x, verbose=0), atol=1e-6)
+    assert clone.teacher is None and (clone.alpha, clone.temperature) == (0.5, 2.0)
+    np.testing.assert_allclose(clone.predict(x[:8], verbose=0), d.predict(x[:8], verbose=0),
+                               atol=1e-6)
+    loss = clone.evaluate(x[:64], target, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(d.evaluate(x[:64], target, verbose=0, return_dict=True)["loss"],
+                                 rel=1e-5)
+
+
+def test_student_exports_alone(tmp_path, digits):
+    (x, y), (x_te, _) = digits
+    d = tfc.Distiller(student=small_mlp(hidden=(16,), seed=2), teacher=small_mlp(seed=1))
+    d.compile(student_loss_fn=SCCE)
+    d.fit(x[:256], y[:256], batch_size=64, epochs=2, verbose=0)
+    expected = d.student.predict(x_te, verbose=0)
+    float_lite = tfc.export.LiteModel(tfc.export.to_tflite(d.student, tmp_path / "s.tflite"))
+    np.testing.assert_allclose(float_lite.predict(x_te), expected, atol=1e-4)
+    int8 = tfc.export.to_tflite(d.student, tmp_path / "s_int8.tflite", quantization="int8",
+                                representative_data=x[:200])
+    lite = tfc.export.LiteModel(int8)
+    assert lite.is_fully_int8()
+    agree = np.mean(lite.predict(x_te).argmax(-1) == expected.argmax(-1))
+    assert agree > 0.95

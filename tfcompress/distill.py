@@ -8,6 +8,7 @@ with intermediate teacher features (FitNets, Romero et al. 2015). Only
 and every `tf.distribute` strategy work unchanged.
 """
 
+import copy
 import math
 import numbers
 import threading
@@ -308,10 +309,12 @@ class Distiller(keras.Model):
             self.built = True
 
     def build(self, input_shape):
+        # A symbolic call builds subclassed models too (their own `build` may be Keras' default).
+        inputs = keras.KerasTensor(input_shape)
         if not self.student.built:
-            self.student.build(input_shape)
+            self.student(inputs)
         if self.teacher is not None and not self.teacher.built:
-            self.teacher.build(input_shape)
+            self.teacher(inputs)
         self.built = True
 
     def compile(
@@ -423,6 +426,7 @@ class Distiller(keras.Model):
                 student's.
         """
         labels, fed_teacher = _split_targets(y)
+        sample_weight = _single_weight(sample_weight)
         if self._student_loss is not None and labels is None:
             raise ValueError(
                 "`student_loss_fn` is set, so labels are required; pass "
@@ -467,7 +471,7 @@ class Distiller(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels, _ = _split_targets(y)
         if labels is not None:
-            return super().compute_metrics(x, labels, y_pred, sample_weight)
+            return super().compute_metrics(x, labels, y_pred, _single_weight(sample_weight))
         return self.get_metrics_result()
 
     def get_metrics_result(self):
@@ -537,7 +541,7 @@ class Distiller(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = copy.deepcopy(config)
         config["student"] = keras.saving.deserialize_keras_object(config["student"])
         if config.get("teacher") is not None:
             config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
@@ -615,6 +619,13 @@ def _split_targets(y):
     return y.get("labels"), y.get("teacher")
 
 
+def _single_weight(sample_weight):
+    # Keras copies one sample-weight array onto every entry of a dict of targets.
+    if isinstance(sample_weight, dict):
+        return sample_weight.get("labels", next(iter(sample_weight.values()), None))
+    return sample_weight
+
+
 def _feature_outputs(teacher, student, feature_layers):
     """Symbolic outputs of the named layers, validated."""
     if not feature_layers:
@@ -667,4 +678,5 @@ def _make_projections(teacher_features, student_features, projection):
 def _extractor(model, features):
     if model is None or not features:
         return None
-    return keras.Model(model.inputs, [*features, *_symbolic_outputs(model)])
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, [*features, *_symbolic_outputs(model)])

@@ -21,7 +21,7 @@ worker's ``host:port`` and names this worker's index (worker 0 is the chief)::
     # worker i of n, before TensorFlow runs any op:
     os.environ["TF_CONFIG"] = tfc.distribute.tf_config(
         ["10.0.0.1:12345", "10.0.0.2:12345"], index=i)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = tfc.distribute.multi_worker_strategy()   # MultiWorkerMirroredStrategy
     with strategy.scope():
         model = build_model()
         model.compile(...)
@@ -29,8 +29,10 @@ worker's ``host:port`` and names this worker's index (worker 0 is the chief)::
     if tfc.distribute.is_chief():
         model.save("model.keras")                        # only the chief writes
 
-Notes on the recipe: the strategy must be created at program start, before
-any other TensorFlow op; all workers must run the same steps (same data size,
+Notes on the recipe: ``multi_worker_strategy`` is
+``tf.distribute.MultiWorkerMirroredStrategy`` plus a fix without which Keras
+3.15 ``fit`` fails on two or more workers; the strategy must be created at
+program start, before any other TensorFlow op; all workers must run the same steps (same data size,
 batch size and epochs), otherwise the collective all-reduce waits forever; with
 NumPy input Keras shards the data between workers automatically; variables are
 kept identical by all-reducing gradients, so every worker ends with the same
@@ -38,6 +40,7 @@ weights. ``tests/test_multiworker.py`` runs this recipe with two local worker
 processes and ``examples/multiworker.py`` is a runnable copy of it.
 """
 
+import itertools
 import json
 import os
 
@@ -55,7 +58,10 @@ def strategy(devices=None):
     Returns:
         A `tf.distribute.MirroredStrategy` over two or more local GPUs (or over
         `devices` when given), otherwise the default strategy, under which a
-        single GPU or the CPU is used as usual.
+        single GPU or the CPU is used as usual. Over CPU devices the strategy
+        reduces gradients onto one device. Each strategy made here has its
+        own collective keys, so several can live in one process (plain
+        `tf.distribute.MirroredStrategy` objects collide there).
 
     Raises:
         ValueError: if `devices` is not a non-empty list of distinct device
@@ -70,7 +76,7 @@ def strategy(devices=None):
     if devices is None:
         gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
         if len(gpus) >= 2:
-            return tf.distribute.MirroredStrategy(gpus)
+            return _mirrored(gpus)
         return tf.distribute.get_strategy()
     if isinstance(devices, str) or not isinstance(devices, (list, tuple)) or not devices:
         raise ValueError(
@@ -89,7 +95,107 @@ def strategy(devices=None):
         resolved.append(known[canonical])
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"`devices` must be distinct. Received: devices={devices!r}")
-    return tf.distribute.MirroredStrategy(resolved)
+    cross_device_ops = None
+    if all(_canonical(name)[0] == "CPU" for name in resolved):
+        # Reducing onto one device is the cheapest all-reduce between logical CPUs.
+        cross_device_ops = tf.distribute.ReductionToOneDevice()
+    return _mirrored(resolved, cross_device_ops)
+
+
+_key_bases = itertools.count(1)
+
+
+def _mirrored(devices, cross_device_ops=None):
+    # Every MirroredStrategy numbers its collective group keys from 1, so a second
+    # strategy in the same process reuses the first one's (group, instance) keys, and
+    # TensorFlow aborts all collectives of the process ("Collective instance 100 expected
+    # type 0 and data_type 1 but got type 2", or "Shape mismatch in the collective
+    # instance"). `_collective_key_base` is TensorFlow's own offset for this; each
+    # strategy made here gets a range of its own.
+    cls = tf.distribute.MirroredStrategy
+    saved = cls._collective_key_base
+    cls._collective_key_base = next(_key_bases) * 10_000
+    try:
+        return cls(devices, cross_device_ops=cross_device_ops)
+    finally:
+        cls._collective_key_base = saved
+
+
+def multi_worker_strategy(**kwargs):
+    """A `tf.distribute.MultiWorkerMirroredStrategy` under which Keras `fit` works.
+
+    Keras 3.15's TensorFlow trainer fails with two or more workers
+    (tensorflow/tensorflow#72388): before `fit` it reduces the whole first
+    `(x, y)` batch in one `strategy.reduce` call, which TensorFlow rejects for a
+    nested value ("Attempt to convert a value (PerReplica...)"), and after each
+    step it averages the scalar logs with `axis=0` ("Invalid reduction
+    dimension 0 for input with 0 dimensions"). This function creates the
+    strategy and corrects both places in Keras' trainer for this process: the
+    pre-fit build reads one local replica's batch (only shapes and dtypes are
+    used) and scalar logs are averaged over workers with `axis=None`. Nothing
+    changes for single-worker strategies. Call it at program start, before
+    TensorFlow runs any op, with `TF_CONFIG` set (see `tf_config`).
+
+    Args:
+        **kwargs: passed to `tf.distribute.MultiWorkerMirroredStrategy`
+            (e.g. `communication_options`).
+
+    Returns:
+        The `tf.distribute.MultiWorkerMirroredStrategy`.
+    """
+    _fix_keras_multi_worker()
+    return tf.distribute.MultiWorkerMirroredStrategy(**kwargs)
+
+
+def _fix_keras_multi_worker():
+    from keras.src.backend.tensorflow import trainer
+
+    build = trainer.TensorFlowTrainer._maybe_symbolic_build
+    if not getattr(build, "_tfcompress_fix", False):
+        trainer.TensorFlowTrainer._maybe_symbolic_build = _local_batch_build(build)
+    reduce = trainer.reduce_per_replica
+    if not getattr(reduce, "_tfcompress_fix", False):
+        trainer.reduce_per_replica = _scalar_safe_reduce(
+            reduce, trainer._collective_all_reduce_multi_worker
+        )
+
+
+def _local_values(strategy, value):
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)
+    return (value,)
+
+
+def _local_batch_build(original):
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: _local_values(strategy, v)[0], next(batches)
+                )
+                break
+            iterator = None
+        return original(self, iterator=iterator, data_batch=data_batch)
+
+    _maybe_symbolic_build._tfcompress_fix = True
+    return _maybe_symbolic_build
+
+
+def _scalar_safe_reduce(original, is_multi_worker):
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not is_multi_worker(strategy):
+            return original(values, strategy, reduction)
+
+        def _reduce(value):
+            if _local_values(strategy, value)[0].shape.rank == 0:
+                return strategy.reduce("MEAN", value, axis=None)
+            return original(value, strategy, reduction)
+
+        return tf.nest.map_structure(_reduce, values)
+
+    reduce_per_replica._tfcompress_fix = True
+    return reduce_per_replica
 
 
 def tf_config(workers, index):

@@ -5,6 +5,7 @@ without post-training quantization, and writes the file atomically.
 `LiteModel` runs a file on the LiteRT interpreter and inspects what it holds.
 """
 
+import contextlib
 import os
 import tempfile
 import time
@@ -12,6 +13,8 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tfcompress._tracing import export_trace
 
 try:
     from ai_edge_litert import schema_py_generated as _schema
@@ -121,14 +124,41 @@ def _convert(model, spec, configure):
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serve", lambda x: model(x, training=False), input_signature=[spec]
-    )
     with tempfile.TemporaryDirectory(prefix="tfc-export-") as saved_model:
-        archive.write_out(saved_model, verbose=False)
+        with _float32_compute(model), export_trace():
+            archive.add_endpoint(
+                "serve", lambda x: model(x, training=False), input_signature=[spec]
+            )
+            archive.write_out(saved_model, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         configure(converter)
         return bytes(converter.convert())
+
+
+@contextlib.contextmanager
+def _float32_compute(model):
+    """Traces a mixed-precision model in float32.
+
+    TFLite's builtin kernels have no float16/bfloat16 MATMUL, ADD or LOGISTIC,
+    so a `mixed_float16` graph does not convert. The variables of a mixed
+    policy are float32 already; computing in float32 for the trace gives the
+    float model the weights describe (quantize it further with `quantization`).
+    """
+    float32 = keras.DTypePolicy("float32")
+    saved = []
+    for layer in [model, *_iter_layers(model)]:
+        policy = layer._dtype_policy
+        mixed = getattr(policy, "compute_dtype", "float32") != getattr(
+            policy, "variable_dtype", "float32"
+        )
+        if mixed and getattr(policy, "quantization_mode", None) is None:
+            saved.append((layer, policy))
+            layer._dtype_policy = float32
+    try:
+        yield
+    finally:
+        for layer, policy in saved:
+            layer._dtype_policy = policy
 
 
 def _configure(converter, quantization, representative_data, int8_io, qat, per_channel_dense):

@@ -1,1 +1,549 @@
-"""Placeholder until its issue lands; replaced by the real module."""
+"""Low-rank factorization of Dense/Conv layers and a PCA reduction layer.
+
+`low_rank` replaces a layer's kernel `W` (a convolution kernel is read as the
+matrix of shape `(kernel_h * kernel_w * in_channels, filters)`) by the product
+of two thinner factors from its truncated SVD, `W ~ (U S^1/2)(S^1/2 V^T)`,
+when that saves parameters. By Eckart-Young the rank-r truncation is the best
+rank-r approximation, with Frobenius error `sqrt(sum_{i>r} s_i^2)`.
+
+`PCA` is a preprocessing layer fitted with `adapt` that projects inputs on
+their leading principal components, as scikit-learn's `PCA.transform` does.
+
+Reference:
+    Eckart & Young, "The approximation of one matrix by another of lower
+    rank", Psychometrika 1936. Denton et al., "Exploiting Linear Structure
+    Within Convolutional Networks for Efficient Evaluation", NeurIPS 2014.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfcompress._serialization import register
+from tfcompress.clustering import (
+    SwappedModel,
+    _all_layers,
+    _copy_layer,
+    _copy_subclassed,
+    _graph_layers,
+    _is_graph_model,
+    _layer_paths,
+    _raise_unreachable,
+)
+
+_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+
+def _is_factorizable(layer):
+    return type(layer) is keras.layers.Dense or type(layer) in _CONVS
+
+
+def _kernel_matrix(layer):
+    kernel = ops.convert_to_numpy(layer.kernel).astype("float64")
+    return kernel.reshape(-1, kernel.shape[-1])
+
+
+def energy_rank(singular_values, energy):
+    """Smallest rank whose share of the squared singular values reaches `energy`.
+
+    Args:
+        singular_values: 1-D array, in decreasing order.
+        energy: share in (0, 1].
+
+    Returns:
+        An int in `[1, len(singular_values)]`.
+
+    Example:
+        >>> energy_rank(np.array([3.0, 1.0]), 0.9)
+        1
+    """
+    squares = np.asarray(singular_values, dtype="float64") ** 2
+    share = np.cumsum(squares) / squares.sum()
+    return int(min(np.searchsorted(share, energy - 1e-12) + 1, len(squares)))
+
+
+def truncated_svd(matrix, rank):
+    """The two factors of the rank-`rank` truncated SVD of `matrix`.
+
+    Args:
+        matrix: 2-D array of shape (m, n).
+        rank: number of singular values kept, in [1, min(m, n)].
+
+    Returns:
+        `(first, second, singular_values)`: `first = U_r S_r^1/2` of shape
+        (m, rank), `second = S_r^1/2 V_r^T` of shape (rank, n) and all the
+        singular values, so that `first @ second` is the best rank-`rank`
+        approximation of `matrix`.
+    """
+    u, s, vt = np.linalg.svd(np.asarray(matrix, dtype="float64"), full_matrices=False)
+    root = np.sqrt(s[:rank])
+    return u[:, :rank] * root, root[:, None] * vt[:rank], s
+
+
+class LowRankReport(list):
+    """Rows (dicts) of a low-rank plan, one per Dense/Conv layer; prints as a table.
+
+    Keys: `layer`, `type`, `shape` (the kernel as a matrix), `rank`,
+    `full_rank`, `params_before`, `params_after`, `error` (relative
+    Frobenius reconstruction error of the kernel), `factorized`, `reason`.
+    """
+
+    def __str__(self):
+        header = (
+            f"{'layer':<24}{'type':<8}{'matrix':>12}{'rank':>6}{'of':>5}"
+            f"{'params':>10}{'->':>4}{'after':>9}{'rel err':>9}  note"
+        )
+        lines = [header]
+        for row in self:
+            shape = "x".join(str(d) for d in row["shape"])
+            lines.append(
+                f"{row['layer']:<24}{row['type']:<8}{shape:>12}{row['rank']:>6}"
+                f"{row['full_rank']:>5}{row['params_before']:>10}{'':>4}"
+                f"{row['params_after']:>9}{row['error']:>9.4f}  {row['reason']}"
+            )
+        before = sum(row["params_before"] for row in self)
+        after = sum(row["params_after"] for row in self)
+        lines.append(f"total parameters of these layers: {before} -> {after}")
+        return "\n".join(lines)
+
+
+def _check_energy(energy):
+    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1:
+        raise ValueError(f"`energy` must be a number in (0, 1]. Received: energy={energy}")
+
+
+def _check_rank(rank, layer_name=None, full_rank=None):
+    where = f" for layer '{layer_name}'" if layer_name else ""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ValueError(f"`rank`{where} must be an integer >= 1. Received: rank={rank}")
+    if full_rank is not None and rank >= full_rank:
+        raise ValueError(
+            f"`rank`{where} must be smaller than min(kernel dims) = {full_rank}. "
+            f"Received: rank={rank}"
+        )
+
+
+def _all_factorizable(model):
+    return [layer for layer in _all_layers(model) if _is_factorizable(layer) and layer.built]
+
+
+def low_rank_report(model, rank=None, energy=0.9):
+    """What `low_rank` would do to each Dense/Conv layer of `model`, without doing it.
+
+    Args:
+        model: a built Keras model.
+        rank: `None` (choose by `energy`), an int (the same rank for every
+            layer where it is below min(kernel dims)), or a dict
+            `{layer name: rank}` (only those layers are considered).
+        energy: share of the squared singular values to keep, in (0, 1];
+            used when `rank` is None.
+
+    Returns:
+        A `LowRankReport` (a list of dict rows that prints as a table).
+
+    Raises:
+        ValueError: `rank` < 1, a dict rank >= min(kernel dims) or naming no
+            Dense/Conv layer, an int rank too large for every layer, or
+            `energy` outside (0, 1].
+    """
+    layers = _all_factorizable(model)
+    if rank is None:
+        _check_energy(energy)
+    elif isinstance(rank, dict):
+        by_name = {layer.name: layer for layer in layers}
+        for name, value in rank.items():
+            if name not in by_name:
+                raise ValueError(
+                    f"`rank` names '{name}', which is no Dense/Conv layer of the model "
+                    f"(those are {sorted(by_name)}). Received: rank={rank}"
+                )
+            _check_rank(value, name, min(_kernel_matrix(by_name[name]).shape))
+        layers = [by_name[name] for name in rank]
+    else:
+        _check_rank(rank)
+        full_ranks = [min(_kernel_matrix(layer).shape) for layer in layers]
+        if layers and rank >= max(full_ranks):
+            raise ValueError(
+                f"`rank` must be smaller than min(kernel dims) of at least one layer "
+                f"(largest is {max(full_ranks)}). Received: rank={rank}"
+            )
+    return LowRankReport(_plan_layer(layer, rank, energy) for layer in layers)
+
+
+def _plan_layer(layer, rank, energy):
+    matrix = _kernel_matrix(layer)
+    m, n = matrix.shape
+    s = np.linalg.svd(matrix, compute_uv=False)
+    full_rank = min(m, n)
+    if isinstance(rank, dict):
+        r = int(rank[layer.name])
+    elif rank is not None:
+        r = int(rank)
+    else:
+        r = energy_rank(s, energy)
+    bias = layer.bias.shape[0] if layer.use_bias else 0
+    row = {
+        "layer": layer.name,
+        "type": type(layer).__name__,
+        "shape": (m, n),
+        "full_rank": full_rank,
+        "params_before": m * n + bias,
+    }
+    if r >= full_rank or r * (m + n) >= m * n:
+        reason = "rank too high" if r >= full_rank else "no parameter saving"
+        row.update(rank=full_rank, params_after=m * n + bias, error=0.0, factorized=False)
+        row["reason"] = f"kept ({reason} at rank {r})"
+        return row
+    total = np.sqrt(np.sum(s**2))
+    error = float(np.sqrt(np.sum(s[r:] ** 2)) / total) if total > 0 else 0.0
+    row.update(rank=r, params_after=r * (m + n) + bias, error=error, factorized=True)
+    row["reason"] = "factorized"
+    return row
+
+
+def _factor_layers(layer, rank):
+    """Two layers whose composition applies the rank-`rank` approximation of `layer`."""
+    config = layer.get_config()
+    name = config["name"]
+    first_config = dict(
+        config,
+        name=f"{name}_u",
+        use_bias=False,
+        activation="linear",
+        bias_regularizer=None,
+        activity_regularizer=None,
+    )
+    second_config = dict(config, name=f"{name}_v", kernel_regularizer=None)
+    if isinstance(layer, keras.layers.Dense):
+        first_config["units"] = rank
+    else:
+        first_config["filters"] = rank
+        ndim = len(config["kernel_size"])
+        second_config.update(
+            kernel_size=(1,) * ndim, strides=(1,) * ndim, padding="valid", dilation_rate=(1,) * ndim
+        )
+    return type(layer).from_config(first_config), type(layer).from_config(second_config)
+
+
+def _factor_pair(layer, rank):
+    """The two built layers (`<name>_u`, `<name>_v`) holding the rank-`rank` factors."""
+    if not _is_factorizable(layer):
+        raise ValueError(
+            f"Only Dense and Conv1D/2D/3D layers can be factorized; layer '{layer.name}' is "
+            f"a {type(layer).__name__}. Received: layer={layer}"
+        )
+    if getattr(layer, "groups", 1) != 1:
+        raise ValueError(
+            f"Grouped convolution '{layer.name}' cannot be factorized. "
+            f"Received: groups={layer.groups}"
+        )
+    matrix = _kernel_matrix(layer)
+    _check_rank(rank, layer.name, min(matrix.shape))
+    first, second = _factor_layers(layer, rank)
+    u, v, _ = truncated_svd(matrix, rank)
+    input_shape = layer.get_build_config()["input_shape"]
+    first.build(input_shape)
+    second.build(first.compute_output_shape(input_shape))
+    first.kernel.assign(u.reshape(first.kernel.shape).astype(first.kernel.dtype))
+    second.kernel.assign(v.reshape(second.kernel.shape).astype(second.kernel.dtype))
+    if layer.use_bias:
+        second.bias.assign(layer.bias)
+    return first, second
+
+
+def factorize_layer(layer, rank):
+    """A two-layer `keras.Sequential` (named like `layer`) equal to `layer` at rank `rank`.
+
+    Args:
+        layer: a built Dense, Conv1D, Conv2D or Conv3D layer (groups=1).
+        rank: rank kept, in [1, min(kernel dims)).
+
+    Returns:
+        A built `keras.Sequential` of a thin layer `<name>_u` (no bias, no
+        activation) and `<name>_v` (Dense, or a 1x1 convolution, holding the
+        bias and activation).
+
+    Raises:
+        ValueError: for another layer type, grouped convolutions, or a bad rank.
+    """
+    first, second = _factor_pair(layer, rank)
+    seq = keras.Sequential([first, second], name=layer.name)
+    seq.build(layer.get_build_config()["input_shape"])
+    return seq
+
+
+def _rebuild_graph(model, plan):
+    """A Sequential/Functional copy of `model` with the planned layers split in two, inline."""
+    seconds = {}
+
+    def clone(layer):
+        if _is_graph_model(layer):
+            return _rebuild_graph(layer, plan)
+        if _is_factorizable(layer) and layer.name in plan:
+            first, second = _factor_pair(layer, plan[layer.name])
+            seconds[id(first)] = second
+            return first
+        return _copy_layer(layer)
+
+    if isinstance(model, keras.Sequential):
+        layers = []
+        for layer in model.layers:
+            new = clone(layer)
+            layers += [new, seconds[id(new)]] if id(new) in seconds else [new]
+        spec = model.inputs[0]
+        return keras.Sequential(
+            [keras.Input(batch_shape=spec.shape, dtype=spec.dtype)] + layers, name=model.name
+        )
+
+    def call(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        return seconds[id(layer)](outputs) if id(layer) in seconds else outputs
+
+    return keras.models.clone_model(model, clone_function=clone, call_function=call)
+
+
+@register
+class LowRankModel(SwappedModel):
+    """A subclassed model whose Dense/Conv attributes were split by `low_rank`.
+
+    Made by `low_rank` for subclassed models: the user's `call` runs
+    unchanged on a copy whose factorized attributes now hold two-layer
+    `keras.Sequential`s. The config stores the copy's own config and the rank
+    of each attribute path, so a `.keras` file reloads with the same layers
+    split (their SVD is recomputed on the fresh weights, then overwritten by
+    the saved ones).
+
+    Args:
+        model: a built subclassed model; its attributes are replaced in place.
+        ranks: `{attribute path: rank}` (`"dense"`, `"blocks.0"`,
+            `"heads.out"`, `"encoder/dense"` inside a custom layer).
+        **kwargs: base `Model` arguments.
+
+    Raises:
+        ValueError: if `model` is not a built Keras model or a rank is bad.
+
+    Example:
+        >>> small = low_rank(my_subclassed_model, rank=8)  # doctest: +SKIP
+        >>> isinstance(small, LowRankModel)  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, model, ranks, **kwargs):
+        super().__init__(model, **kwargs)
+        self.ranks = dict(ranks)
+        self.paths = list(self.ranks)
+        self._swap_paths(model, lambda path, layer: factorize_layer(layer, self.ranks[path]))
+
+    def get_config(self):
+        return {**super().get_config(), "ranks": self.ranks}
+
+
+def _low_rank_subclassed(model, plan):
+    copy = _copy_subclassed(model)
+    original_of = {id(c): o for o, c in zip(_all_layers(model), _all_layers(copy))}
+
+    def planned(layer):
+        original = original_of.get(id(layer))
+        return _is_factorizable(layer) and original is not None and original.name in plan
+
+    paths = _layer_paths(copy, planned)
+    held = {id(original_of[id(layer)]) for layer in paths.values()}
+    _raise_unreachable(model, [
+        layer for layer in _all_factorizable(model) if layer.name in plan and id(layer) not in held
+    ])
+    ranks = {path: plan[original_of[id(layer)].name] for path, layer in paths.items()}
+    return LowRankModel(copy, ranks, name=f"low_rank_{model.name}")
+
+
+def low_rank(model, rank=None, energy=0.9):
+    """A new model in which Dense/Conv layers are split into two thinner layers.
+
+    Each chosen layer `<name>` becomes a layer `<name>_u` with `rank`
+    outputs and no bias, followed by `<name>_v`, a Dense (or a 1x1
+    convolution) with the original units, bias and activation, both
+    initialised from the truncated SVD; a layer is only replaced when that
+    saves parameters. The result fine-tunes with `fit`, saves as `.keras`
+    and exports to TFLite.
+
+    Sequential and Functional models (nested ones too) are rebuilt with the
+    two layers inline, so pruning and QAT see plain Dense/Conv layers. A
+    subclassed model is copied from its config (so it needs a working
+    `get_config`) and each factorized attribute (also in lists, dicts and
+    custom layers) becomes a two-layer `keras.Sequential`; the copy comes
+    back inside a `LowRankModel`, which saves and reloads as `.keras`.
+
+    Args:
+        model: a built Keras model (never modified).
+        rank: `None` to choose each rank by `energy`; an int for every layer
+            where it is below min(kernel dims); or `{layer name: rank}` to
+            factorize only the named layers.
+        energy: share of squared singular values to keep, in (0, 1].
+
+    Returns:
+        A new Keras model (a `LowRankModel` for a subclassed model).
+
+    Raises:
+        ValueError: on a bad `rank` or `energy` (see `low_rank_report`), or
+            a subclassed model that cannot be copied or whose layer cannot be
+            replaced (named).
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64)])
+        >>> small = low_rank(model, rank=8)
+        >>> small.count_params() < model.count_params()
+        True
+
+    Reference:
+        Denton et al. 2014; Eckart & Young 1936.
+    """
+    report = low_rank_report(model, rank, energy)
+    plan = {row["layer"]: row["rank"] for row in report if row["factorized"]}
+    if not _is_graph_model(model):
+        return _low_rank_subclassed(model, plan)
+    reachable = {id(layer) for layer in _graph_layers(model)}
+    _raise_unreachable(model, [
+        layer for layer in _all_factorizable(model)
+        if layer.name in plan and id(layer) not in reachable
+    ])
+    return _rebuild_graph(model, plan)
+
+
+@register
+class PCA(keras.layers.Layer):
+    """Projects inputs on their leading principal components (fitted with `adapt`).
+
+    `adapt(x)` stores the mean and the leading right singular vectors of the
+    centred data; the layer then computes `(x - mean) @ components`, divided
+    by the square roots of the explained variances when `whiten=True`. This
+    equals scikit-learn's `PCA(n_components, whiten).transform(x)` up to the
+    sign of each component.
+
+    Args:
+        n_components: int >= 1 (number of components), or float in (0, 1]
+            (smallest number whose explained variance reaches that share).
+        whiten: scale each component to unit variance.
+        **kwargs: base layer arguments.
+
+    Raises:
+        ValueError: `n_components` not a positive int or a float in (0, 1];
+            at `adapt`, more components than features or samples; at call,
+            if `adapt` was never called.
+
+    Example:
+        >>> pca = PCA(n_components=0.95)
+        >>> pca.adapt(np.random.rand(100, 8).astype("float32"))
+        >>> model = keras.Sequential([keras.Input((8,)), pca, keras.layers.Dense(2)])
+
+    Reference:
+        Pearson 1901; scikit-learn `sklearn.decomposition.PCA`.
+    """
+
+    def __init__(self, n_components, whiten=False, **kwargs):
+        is_int = isinstance(n_components, (int, np.integer)) and not isinstance(n_components, bool)
+        is_share = isinstance(n_components, float) and 0 < n_components <= 1
+        if not (is_int and n_components >= 1) and not is_share:
+            raise ValueError(
+                "`n_components` must be an int >= 1 or a float in (0, 1]. "
+                f"Received: n_components={n_components}"
+            )
+        super().__init__(**kwargs)
+        self.n_components = n_components
+        self.whiten = bool(whiten)
+        self.n_components_ = None
+
+    def build(self, input_shape):
+        if self.n_components_ is None:
+            raise ValueError(
+                f"PCA layer '{self.name}' must be fitted with `adapt(data)` before use. "
+                f"Received: input_shape={input_shape}"
+            )
+        features = input_shape[-1]
+        k = self.n_components_
+        self.mean = self.add_weight(shape=(features,), initializer="zeros", trainable=False,
+                                    name="mean")
+        self.components = self.add_weight(shape=(features, k), initializer="zeros",
+                                          trainable=False, name="components")
+        self.explained_variance = self.add_weight(shape=(k,), initializer="ones",
+                                                  trainable=False, name="explained_variance")
+
+    def adapt(self, data, batch_size=None, steps=None):
+        """Fits the mean and components on `data` (array, tensor or tf.data.Dataset).
+
+        Args:
+            data: samples of shape (N, features); a dataset yields batches (a
+                tuple's first element is taken).
+            batch_size: unused; kept for Keras preprocessing-layer parity.
+            steps: number of dataset batches to read (all when None).
+
+        Raises:
+            ValueError: data not 2-D, or more components than features or samples.
+        """
+        x = _collect(data, steps)
+        if x.ndim != 2:
+            raise ValueError(f"PCA needs 2-D data (N, features). Received: data.shape={x.shape}")
+        n_samples, n_features = x.shape
+        if isinstance(self.n_components, (int, np.integer)):
+            if self.n_components > min(n_samples, n_features):
+                raise ValueError(
+                    f"`n_components` must be at most min(n_samples, n_features) = "
+                    f"min({n_samples}, {n_features}). Received: n_components={self.n_components}"
+                )
+        mean = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        variance = s**2 / max(n_samples - 1, 1)
+        if isinstance(self.n_components, float):
+            share = np.cumsum(variance) / variance.sum()
+            k = int(min(np.searchsorted(share, self.n_components, side="right") + 1, len(s)))
+        else:
+            k = int(self.n_components)
+        if self.built and (self.n_components_ != k or self.mean.shape[0] != n_features):
+            raise ValueError(
+                f"PCA layer '{self.name}' is already built for another shape; create a new "
+                f"layer. Received: data.shape={x.shape}"
+            )
+        self.n_components_ = k
+        if not self.built:
+            self.build((None, n_features))
+        self.mean.assign(mean.astype(self.mean.dtype))
+        self.components.assign(vt[:k].T.astype(self.components.dtype))
+        self.explained_variance.assign(variance[:k].astype(self.explained_variance.dtype))
+
+    def call(self, inputs):
+        projected = ops.matmul(ops.subtract(inputs, self.mean), self.components)
+        if self.whiten:
+            projected = projected / ops.sqrt(self.explained_variance)
+        return projected
+
+    def compute_output_shape(self, input_shape):
+        if self.n_components_ is None:
+            raise ValueError(
+                f"PCA layer '{self.name}' must be fitted with `adapt(data)` before use. "
+                f"Received: input_shape={input_shape}"
+            )
+        return tuple(input_shape[:-1]) + (self.n_components_,)
+
+    def get_config(self):
+        config = {"n_components": self.n_components, "whiten": self.whiten}
+        base_config = super().get_config()
+        return {**base_config, **config}
+
+    def get_build_config(self):
+        config = super().get_build_config()
+        if config is not None:
+            config["n_components_"] = self.n_components_
+        return config
+
+    def build_from_config(self, config):
+        self.n_components_ = config.get("n_components_")
+        super().build_from_config(config)
+
+
+def _collect(data, steps):
+    if hasattr(data, "as_numpy_iterator"):
+        batches = []
+        for i, batch in enumerate(data.as_numpy_iterator()):
+            if steps is not None and i >= steps:
+                break
+            batches.append(batch[0] if isinstance(batch, tuple) else batch)
+        return np.concatenate(batches).astype("float64")
+    return np.asarray(ops.convert_to_numpy(data), dtype="float64")

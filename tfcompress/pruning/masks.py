@@ -72,7 +72,9 @@ def _smallest_k_flat(scores, k):
         # Only when several weights share the threshold: keep the last `surplus` of them.
         tied = tf.equal(bits, threshold)
         tie_rank_from_end = tf.cumsum(tf.cast(tied, tf.int32), reverse=True)
-        return tf.logical_and(at_most, tf.logical_not(tf.logical_and(tied, tie_rank_from_end <= surplus)))
+        return tf.logical_and(
+            at_most, tf.logical_not(tf.logical_and(tied, tie_rank_from_end <= surplus))
+        )
 
     chosen = tf.cond(surplus > 0, drop_surplus_ties, lambda: at_most)
     return tf.logical_and(chosen, k > 0)

@@ -20,9 +20,10 @@ class QuantizeConfig:
             (opt-out; no warning is given for it).
         num_bits: bits per value; TFLite integer kernels need 8.
         weight_granularity: `None` (the default for the layer kind),
-            `"per_channel"` or `"per_tensor"`. Per-channel Dense kernels train,
-            but the TFLite converter rejects them, so keep Dense per tensor when
-            exporting.
+            `"per_channel"` or `"per_tensor"`. A per-channel Dense runs as a 1x1
+            convolution (the TFLite converter rejects per-channel
+            FULLY_CONNECTED kernels from fake-quant graphs), so its file has
+            CONV_2D and RESHAPE ops instead of FULLY_CONNECTED.
         ema_decay: weight of the old range in the moving average of activation
             ranges, in `[0, 1)`. The first training batch sets the range.
         preserve_sparsity: keep the kernel's exact zeros (pruned weights) at

@@ -56,7 +56,13 @@ class ActivationQuantizer(keras.layers.Layer):
         Integer-Arithmetic-Only Inference", CVPR 2018, section 3.1.
     """
 
+    # Marks layers with fake-quant ops for `tfc.export` (no calibration needed).
+    tfc_fake_quant = True
+
     def __init__(self, ema_decay=0.99, fixed_range=None, **kwargs):
+        # The fake-quant grid is float32 arithmetic: QAT layers compute in float32
+        # under a mixed-precision policy too, and the exported graph has no casts.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
@@ -123,7 +129,9 @@ class QuantizeWrapper(keras.layers.Layer):
     activations get a range before and after them. Layers without weights
     (Add, Concatenate, activations, global average pooling) get an output range.
     The wrapped layer keeps its own float variables: they are what training
-    updates.
+    updates. Under a mixed-precision policy the wrapper and the wrapped layer
+    compute in float32 (the int8 grid is simulated in float32, and the exported
+    graph then has no casts between fake-quant ops).
 
     Args:
         layer: the Keras layer to wrap (it is used, not copied).
@@ -138,13 +146,15 @@ class QuantizeWrapper(keras.layers.Layer):
 
     Example:
         >>> q = QuantizeWrapper(keras.layers.Dense(4, activation="relu"))
-        >>> q(ops.ones((2, 3)), training=True).shape
+        >>> tuple(q(ops.ones((2, 3)), training=True).shape)
         (2, 4)
 
     Reference:
         Jacob et al., "Quantization and Training of Neural Networks for Efficient
         Integer-Arithmetic-Only Inference", CVPR 2018.
     """
+
+    tfc_fake_quant = True
 
     def __init__(self, layer, quantize_config=None, quantize_inputs=False, **kwargs):
         if not isinstance(layer, keras.layers.Layer) or registry.role(layer) not in (
@@ -160,17 +170,22 @@ class QuantizeWrapper(keras.layers.Layer):
                 f"Received: quantize_config={quantize_config}"
             )
         kwargs.setdefault("name", f"quant_{layer.name}")
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        if layer.dtype_policy.name != "float32":
+            layer.dtype_policy = "float32"
         self.layer = layer
         self.quantize_config = quantize_config or QuantizeConfig()
         self.quantize_inputs = bool(quantize_inputs)
         self.kind = registry.weighted_kind(layer)
+        if self.kind is registry.DENSE and self.per_channel:
+            self.kind = registry.DENSE_PER_CHANNEL
 
     @property
     def per_channel(self):
         granularity = self.quantize_config.weight_granularity
         if granularity is None:
-            return self.kind.per_channel
+            return self.kind is not None and self.kind.per_channel
         return granularity == "per_channel"
 
     def build(self, input_shape):
@@ -178,9 +193,11 @@ class QuantizeWrapper(keras.layers.Layer):
             self.layer.build(input_shape)
         decay = self.quantize_config.ema_decay
         n_inputs = len(input_shape) if registry.role(self.layer) == "merge" else 1
-        self.input_quantizers = [
-            self._quantizer(f"input_{i}", decay) for i in range(n_inputs)
-        ] if self.quantize_inputs else []
+        self.input_quantizers = (
+            [self._quantizer(f"input_{i}", decay) for i in range(n_inputs)]
+            if self.quantize_inputs
+            else []
+        )
         name = registry.activation_name(self.layer)
         pre = self.kind is not None and name not in registry.FUSABLE_ACTIVATIONS
         self.pre_activation_quantizer = self._quantizer("pre_activation", decay) if pre else None
@@ -188,6 +205,8 @@ class QuantizeWrapper(keras.layers.Layer):
             self._quantizer("intermediate", decay) if self.kind is registry.SEPARABLE else None
         )
         self.output_quantizer = self._quantizer("output", decay, registry.output_range(self.layer))
+        for attr in self.kind.unused if self.kind is not None else ():
+            getattr(self.layer, attr).trainable = False
         self.kernel_masks = []
         if self.kind is not None and self.quantize_config.preserve_sparsity:
             for attr in self.kind.kernels:
@@ -218,6 +237,8 @@ class QuantizeWrapper(keras.layers.Layer):
             w = getattr(self.layer, attr)
             if self.kernel_masks:
                 w = w * self.kernel_masks[i]
+            if self.kind.kernel_view is not None:
+                w = self.kind.kernel_view(w)
             if self.kind.depthwise or (self.kind is registry.SEPARABLE and i == 0):
                 if self.per_channel:
                     out.append(quantizers.quantize_depthwise_kernel(w))
@@ -266,7 +287,5 @@ class QuantizeWrapper(keras.layers.Layer):
     def from_config(cls, config):
         config = dict(config)
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        config["quantize_config"] = keras.saving.deserialize_keras_object(
-            config["quantize_config"]
-        )
+        config["quantize_config"] = keras.saving.deserialize_keras_object(config["quantize_config"])
         return cls(**config)

@@ -14,6 +14,7 @@ These are plain functions on tensors; `tfcompress.quantization.qat` holds the
 Keras state (ranges, masks) and calls them.
 """
 
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -58,7 +59,7 @@ def fake_quant(x, min_value, max_value, *, narrow_range=False, per_channel=False
     Example:
         >>> y = fake_quant(ops.convert_to_tensor([0.0, 0.3, 2.0]), -1.0, 1.0)
         >>> [round(float(v), 4) for v in y]
-        [0.0, 0.3020, 0.9961]
+        [0.0, 0.298, 1.0039]
 
     Reference:
         Jacob et al., "Quantization and Training of Neural Networks for Efficient
@@ -69,13 +70,17 @@ def fake_quant(x, min_value, max_value, *, narrow_range=False, per_channel=False
         if per_channel
         else tf.quantization.fake_quant_with_min_max_vars
     )
-    return op(
-        x,
+    x = ops.convert_to_tensor(x)
+    dtype = x.dtype
+    # The TF ops take float32 only; mixed-precision tensors round-trip through it.
+    y = op(
+        ops.cast(x, "float32"),
         ops.cast(min_value, "float32"),
         ops.cast(max_value, "float32"),
         num_bits=NUM_BITS,
         narrow_range=narrow_range,
     )
+    return y if dtype == tf.float32 else ops.cast(y, dtype)
 
 
 def symmetric_range(w, per_channel=False):
@@ -90,6 +95,7 @@ def symmetric_range(w, per_channel=False):
         The range is never narrower than 1e-8 (an all-zero tensor stays zero).
     """
     axes = tuple(range(len(w.shape) - 1)) if per_channel else None
+    w = ops.cast(w, "float32")
     m = ops.maximum(ops.max(ops.abs(w), axis=axes), _MIN_RANGE)
     m = ops.stop_gradient(m)
     return -m, m
@@ -176,11 +182,13 @@ def nudged_range(min_value, max_value, narrow_range=False):
     Returns:
         ``(scale, zero_point)`` with the zero point as an int8 value.
     """
+    # float32 and round-half-up, as TensorFlow's kernel computes it.
     q_min = 1 if narrow_range else 0
     q_max = 2**NUM_BITS - 1
-    scale = (max_value - min_value) / (q_max - q_min)
-    zero_point = q_min - min_value / scale
-    zero_point = int(min(max(round(zero_point), q_min), q_max))
+    scale = (np.float32(max_value) - np.float32(min_value)) / np.float32(q_max - q_min)
+    zero_point = np.float32(q_min) - np.float32(min_value) / scale
+    zero_point = int(min(max(np.floor(zero_point + np.float32(0.5)), q_min), q_max))
+    scale = float(scale)
     return scale, zero_point - 2 ** (NUM_BITS - 1)
 
 

@@ -29,6 +29,11 @@ class Kind:
         forward: ``forward(layer, x, kernels, mid)`` -> pre-activation output;
             `mid` fake-quantizes an intermediate tensor (separable convs).
         foldable: a following BatchNormalization can be folded into it.
+        depthwise: the kernel is ``(..., in_channels, depth_multiplier)``.
+        kernel_view: optional reshape applied to the kernel before it is
+            fake-quantized (the form the converter must see).
+        unused: variables of the layer the forward pass does not use (frozen
+            during QAT so optimizers do not warn about missing gradients).
     """
 
     name: str
@@ -37,6 +42,8 @@ class Kind:
     forward: object
     foldable: bool = True
     depthwise: bool = False
+    kernel_view: object = None
+    unused: tuple = ()
 
 
 def _add_bias(layer, y, bias):
@@ -51,8 +58,48 @@ def _dense_forward(layer, x, kernels, mid):
     return _add_bias(layer, ops.matmul(x, kernels[0]), layer.bias)
 
 
+def _dense_as_conv_view(kernel):
+    return ops.reshape(kernel, (1, 1) + tuple(kernel.shape))
+
+
+def _dense_as_conv_forward(layer, x, kernels, mid):
+    # The converter rejects a per-channel fake-quant Dense kernel (it transposes
+    # the quantized constant for FULLY_CONNECTED); a 1x1 CONV_2D takes it as is.
+    units = kernels[0].shape[-1]
+    y = ops.conv(ops.reshape(x, (-1, 1, 1, x.shape[-1])), kernels[0])
+    y = ops.reshape(y, (-1,) + tuple(x.shape[1:-1]) + (units,))
+    return _add_bias(layer, y, layer.bias)
+
+
 def _conv_forward(layer, x, kernels, mid):
     return _add_bias(layer, layer.convolution_op(x, kernels[0]), layer.bias)
+
+
+def _conv1d_view(kernel):
+    return ops.expand_dims(kernel, 0)
+
+
+def _conv1d_forward(layer, x, kernels, mid):
+    # A 1-D conv lowers to CONV_2D through an ExpandDims of the kernel, which
+    # the converter cannot apply to a per-channel quantized constant; doing the
+    # 2-D conv explicitly puts the fake-quant on the 4-D kernel itself.
+    axis = 1 if layer.data_format == "channels_last" else 2
+    padding = layer.padding
+    if padding == "causal":
+        pad = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+        widths = [[0, 0], [pad, 0], [0, 0]]
+        if layer.data_format == "channels_first":
+            widths = [[0, 0], [0, 0], [pad, 0]]
+        x, padding = ops.pad(x, widths), "valid"
+    y = ops.conv(
+        ops.expand_dims(x, axis),
+        kernels[0],
+        strides=(1, layer.strides[0]),
+        padding=padding,
+        dilation_rate=(1, layer.dilation_rate[0]),
+        data_format=layer.data_format,
+    )
+    return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
 
 
 def _depthwise_forward(layer, x, kernels, mid):
@@ -88,14 +135,19 @@ def _rbm_forward(layer, x, kernels, mid):
 
 
 DENSE = Kind("dense", ("kernel",), False, _dense_forward)
+DENSE_PER_CHANNEL = Kind(
+    "dense_per_channel", ("kernel",), True, _dense_as_conv_forward, kernel_view=_dense_as_conv_view
+)
 CONV = Kind("conv", ("kernel",), True, _conv_forward)
+CONV1D = Kind("conv1d", ("kernel",), True, _conv1d_forward, kernel_view=_conv1d_view)
 DEPTHWISE = Kind("depthwise", ("kernel",), True, _depthwise_forward, depthwise=True)
 SEPARABLE = Kind("separable", ("depthwise_kernel", "pointwise_kernel"), True, _separable_forward)
-RBM = Kind("rbm", ("kernel",), False, _rbm_forward, foldable=False)
+RBM = Kind("rbm", ("kernel",), False, _rbm_forward, foldable=False, unused=("visible_bias",))
 
 _WEIGHTED = (
     ((keras.layers.Dense,), DENSE),
-    ((keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D), CONV),
+    ((keras.layers.Conv1D,), CONV1D),
+    ((keras.layers.Conv2D, keras.layers.Conv3D), CONV),
     ((keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D), DEPTHWISE),
     ((keras.layers.SeparableConv1D, keras.layers.SeparableConv2D), SEPARABLE),
 )
@@ -168,7 +220,8 @@ def _is_rbm(layer):
 def weighted_kind(layer):
     """The `Kind` of a weighted layer QAT can quantize, else None."""
     for classes, kind in _WEIGHTED:
-        if isinstance(layer, classes):
+        # A subclass that overrides `call` computes something else: not ours to redo.
+        if isinstance(layer, classes) and any(type(layer).call is c.call for c in classes):
             return kind
     if _is_rbm(layer):
         return RBM

@@ -1,0 +1,511 @@
+"""prune_low_magnitude, strip_pruning, get_sparsity and the callbacks, end to end."""
+
+import glob
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run_reference, small_mlp
+
+import tfcompress as tfc
+from tfcompress import pruning
+from tfcompress.pruning import ConstantSparsity, PolynomialDecay
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _one_shot(sparsity=0.5):
+    """Prune once at step 0 and keep that mask."""
+    return ConstantSparsity(sparsity, begin_step=0, end_step=0, frequency=1)
+
+
+def _zeros(variable):
+    return keras.ops.convert_to_numpy(variable.value) == 0
+
+
+def _expected_zero_count(size, sparsity):
+    return int(np.ceil(np.float64(np.float32(sparsity)) * size - size * 2.0**-23))
+
+
+LAYER_CASES = {
+    "dense": ((6,), lambda: keras.layers.Dense(4), ["kernel"]),
+    "einsum": (
+        (6,),
+        lambda: keras.layers.EinsumDense("ab,bc->ac", output_shape=4, bias_axes="c"),
+        ["kernel"],
+    ),
+    "conv1d": ((8, 3), lambda: keras.layers.Conv1D(4, 3), ["kernel"]),
+    "conv2d": ((6, 6, 2), lambda: keras.layers.Conv2D(4, 3), ["kernel"]),
+    "conv3d": ((4, 4, 4, 2), lambda: keras.layers.Conv3D(4, 2), ["kernel"]),
+    "conv1d_t": ((5, 3), lambda: keras.layers.Conv1DTranspose(4, 3), ["kernel"]),
+    "conv2d_t": ((5, 5, 2), lambda: keras.layers.Conv2DTranspose(4, 3), ["kernel"]),
+    "conv3d_t": ((3, 3, 3, 2), lambda: keras.layers.Conv3DTranspose(2, 2), ["kernel"]),
+    "depthwise": ((6, 6, 4), lambda: keras.layers.DepthwiseConv2D(3), ["kernel"]),
+    "separable": ((6, 6, 4), lambda: keras.layers.SeparableConv2D(8, 3), ["pointwise_kernel"]),
+    "embedding": ((5,), lambda: keras.layers.Embedding(20, 6), ["embeddings"]),
+    "lstm": ((4, 3), lambda: keras.layers.LSTM(4), ["kernel", "recurrent_kernel"]),
+    "gru": ((4, 3), lambda: keras.layers.GRU(4), ["kernel", "recurrent_kernel"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layer_types(case):
+    shape, make, names = LAYER_CASES[case]
+    layer = make()
+    model = keras.Sequential(
+        [keras.Input(shape, dtype="int32" if case == "embedding" else "float32"), layer]
+    )
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot(0.5))
+    assert [n.split("/")[-1] for n in pm.weight_names] == names
+    pm.compile("adam", "mse")
+    x = (
+        np.random.default_rng(0).integers(0, 20, (4, *shape))
+        if case == "embedding"
+        else np.random.rand(4, *shape)
+    )
+    assert bool(pm.update_masks(0))
+    y = keras.ops.convert_to_numpy(pm(x))
+    pm.train_on_batch(x, y + 1.0)
+    for variable in pm.pruned_weights:
+        assert _zeros(variable).sum() == _expected_zero_count(int(np.prod(variable.shape)), 0.5)
+    biases = [w for w in model.weights if w.name == "bias"]
+    assert all(not _zeros(b).any() for b in biases)
+
+
+def test_rbm_protocol(digits):
+    (x, _), _ = digits
+    rbm = tfc.RBM(16, seed=0, cd_loss=True)  # True: the RBM is inside a wrapper model
+    model = keras.Sequential([keras.Input((64,)), rbm])
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot(0.75))
+    assert pm.pruned_weights == [rbm.kernel]
+    pm.compile(optimizer=keras.optimizers.SGD(0.05))
+    pm.fit(x[:128], epochs=2, batch_size=32, verbose=0)
+    assert _zeros(rbm.kernel).sum() == 768
+    assert not _zeros(rbm.hidden_bias).all()
+
+
+class Scale(keras.layers.Layer):
+    def build(self, shape):
+        self.w = self.add_weight(shape=shape[1:], initializer="random_normal", name="w")
+
+    def call(self, x):
+        return x * self.w
+
+
+class ProtocolScale(Scale):
+    def get_prunable_weights(self):
+        return [self.w]
+
+
+def test_custom_layer_registry_and_protocol():
+    model = keras.Sequential([keras.Input((10,)), Scale()])
+    with pytest.raises(ValueError, match="Found no prunable weights.*Scale"):
+        pruning.prune_low_magnitude(model)
+    pruning.register_prunable_layer(Scale, ["w"])
+    try:
+        pm = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot(0.3))
+        pm.update_masks(0)
+        assert _zeros(model.layers[0].w).sum() == 3
+    finally:
+        pruning.prune._REGISTRY.pop(0)
+    model = keras.Sequential([keras.Input((10,)), ProtocolScale()])
+    assert pruning.prune_low_magnitude(model).weight_names == ["protocol_scale/w"]
+
+
+def test_selection_by_name_type_callable_and_exclude():
+    inner = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(8, name="in_a"), keras.layers.Dense(8, name="in_b")],
+        name="block",
+    )
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(8, name="first")(inputs)
+    h = inner(h)
+    h = keras.layers.Conv1D(2, 1, name="conv")(keras.layers.Reshape((8, 1))(h))
+    model = keras.Model(inputs, keras.layers.Flatten()(h))
+
+    def names(**kw):
+        return pruning.prune_low_magnitude(model, **kw).weight_names
+
+    assert names() == ["first/kernel", "in_a/kernel", "in_b/kernel", "conv/kernel"]
+    assert names(layers=["first", "conv"]) == ["first/kernel", "conv/kernel"]
+    assert names(layers="block") == ["in_a/kernel", "in_b/kernel"]
+    assert names(layers=keras.layers.Conv1D) == ["conv/kernel"]
+    assert names(layers=lambda layer: layer.name.startswith("in_")) == [
+        "in_a/kernel",
+        "in_b/kernel",
+    ]
+    assert names(exclude=["block", "conv"]) == ["first/kernel"]
+    with pytest.raises(ValueError, match=r"Unknown layer names in `layers`: \['nope'\]"):
+        names(layers=["first", "nope"])
+    with pytest.raises(ValueError, match=r"Unknown layer names in `exclude`"):
+        names(exclude="missing")
+    with pytest.raises(ValueError, match="Found no prunable weights in the selection"):
+        names(layers="first", exclude="first")
+
+
+def test_nothing_prunable_lists_what_it_found():
+    model = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.MaxPooling2D(), keras.layers.Flatten()]
+    )
+    with pytest.raises(ValueError, match=r"Layer types found: \['Flatten', 'MaxPooling2D'\]"):
+        pruning.prune_low_magnitude(model)
+
+
+@keras.saving.register_keras_serializable(package="test_pruning")
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(32, activation="relu")
+        self.head = keras.layers.Dense(10)
+
+    def call(self, x):
+        return self.head(self.hidden(x))
+
+
+def _nested_application():
+    app = keras.applications.MobileNet(
+        input_shape=(32, 32, 3), alpha=0.25, weights=None, include_top=False, pooling="avg"
+    )
+    inputs = keras.Input((32, 32, 3))
+    return keras.Model(inputs, keras.layers.Dense(10)(app(inputs)))
+
+
+@pytest.mark.parametrize("kind", ["subclassed", "nested_application"])
+def test_subclassed_and_nested(kind, digits):
+    if kind == "subclassed":
+        model = Subclassed()
+        model(np.zeros((1, 64), np.float32))
+        (x, y), _ = digits
+        x, y = x[:256], y[:256]
+    else:
+        model = _nested_application()
+    expected = len([w for w in model.weights if w.name == "kernel"])
+    schedule = PolynomialDecay(0.0, 0.7, begin_step=0, end_step=6, frequency=2)
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=schedule)
+    assert len(pm.pruned_weights) == expected
+    if kind == "subclassed":
+        pm.compile("adam", LOSS)
+        pm.fit(x, y, epochs=2, batch_size=len(x) // 4, verbose=0)
+    else:  # the application is big for a test: drive the schedule by hand
+        assert [bool(pm.update_masks(t)) for t in range(7)] == [
+            True,
+            False,
+            True,
+            False,
+            True,
+            False,
+            True,
+        ]
+    assert int(pm.pruning_step.numpy()) == 6
+    for variable in pm.pruned_weights:
+        assert _zeros(variable).sum() == _expected_zero_count(int(np.prod(variable.shape)), 0.7)
+
+
+def test_exact_final_sparsity_at_end_step_and_steps_from_optimizer(digits):
+    (x, y), _ = digits
+    model = small_mlp(hidden=(64,))
+    # (23 - 0) % 5 != 0: tfmot would stop at step 20 below the target.
+    pm = pruning.prune_low_magnitude(
+        model, pruning_schedule=PolynomialDecay(0.0, 0.8, 0, 23, frequency=5)
+    )
+    pm.compile("adam", LOSS)
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((int(pm.optimizer.iterations.numpy()), int(pm.pruning_step.numpy())))
+
+    pm.fit(
+        x[:480],
+        y[:480],
+        epochs=1,
+        batch_size=20,
+        verbose=0,
+        callbacks=[pruning.UpdatePruningStep(), Spy()],
+    )
+    updates = sorted({s for _, s in seen if s >= 0})
+    assert updates == [0, 5, 10, 15, 20, 23]
+    for variable in pm.pruned_weights:
+        assert _zeros(variable).sum() == _expected_zero_count(int(np.prod(variable.shape)), 0.8)
+    # A second fit continues from the optimizer's count, not from zero.
+    pm.fit(x[:40], y[:40], epochs=1, batch_size=20, verbose=0)
+    assert int(pm.optimizer.iterations.numpy()) == 26 and int(pm.pruning_step.numpy()) == 23
+
+
+def test_end_step_equal_to_total_steps_is_reached_when_fit_ends(digits):
+    (x, y), _ = digits
+    pm = pruning.prune_low_magnitude(
+        small_mlp(hidden=(64,)), pruning_schedule=PolynomialDecay(0.0, 0.8, 0, 20, frequency=8)
+    )
+    pm.compile("adam", LOSS)
+    pm.fit(x[:200], y[:200], epochs=2, batch_size=20, verbose=0)  # steps 0..19
+    assert int(pm.pruning_step.numpy()) == 20
+    for variable in pm.pruned_weights:
+        assert _zeros(variable).sum() == _expected_zero_count(int(np.prod(variable.shape)), 0.8)
+
+
+def test_zeros_stay_zero_with_adam_and_forward_never_sees_them(digits):
+    (x, y), _ = digits
+    model = small_mlp(hidden=(32,))
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot(0.6))
+    pm.compile(keras.optimizers.Adam(0.01), LOSS)
+    pm.fit(x[:64], y[:64], epochs=1, batch_size=64, verbose=0)
+    before = [_zeros(v).copy() for v in pm.pruned_weights]
+    pm.fit(x, y, epochs=3, batch_size=32, verbose=0)  # ~135 Adam steps, momentum built up
+    for variable, zero in zip(pm.pruned_weights, before):
+        np.testing.assert_array_equal(_zeros(variable), zero)
+    w0, b0, w1, b1 = [v.numpy() for v in model.weights]
+    reference = np.maximum(x[:50] @ w0 + b0, 0) @ w1 + b1
+    np.testing.assert_allclose(pm.predict(x[:50], verbose=0), reference, atol=1e-5)
+
+
+def test_custom_training_loop_recipe(digits):
+    (x, y), _ = digits
+    model = small_mlp(hidden=(32,))
+    pm = pruning.prune_low_magnitude(
+        model, pruning_schedule=PolynomialDecay(0.0, 0.5, 0, 9, frequency=3)
+    )
+    optimizer = keras.optimizers.Adam(0.01)
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = LOSS(yb, pm(xb, training=True))
+        grads = tape.gradient(loss, pm.trainable_variables)
+        optimizer.apply_gradients(zip(grads, pm.trainable_variables))
+
+    updated = []
+    for i in range(12):
+        updated.append(bool(pm.update_masks(optimizer.iterations)))
+        train_step(x[i * 32 : (i + 1) * 32], y[i * 32 : (i + 1) * 32])
+    assert [i for i, u in enumerate(updated) if u] == [0, 3, 6, 9]
+    for variable in pm.pruned_weights:
+        assert _zeros(variable).sum() == _expected_zero_count(int(np.prod(variable.shape)), 0.5)
+    with pytest.raises(ValueError, match="Received: step=None"):
+        pm.update_masks()
+
+
+def test_keras_round_trip_and_resume_in_fresh_process(tmp_path, digits):
+    (x, y), _ = digits
+    model = small_mlp(hidden=(32,))
+    schedule = PolynomialDecay(0.0, 0.9, begin_step=0, end_step=40, frequency=4)
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=schedule)
+    pm.compile("adam", LOSS, metrics=["accuracy"])
+    pm.fit(x[:320], y[:320], epochs=1, batch_size=16, verbose=0)  # 20 steps: mid-schedule
+    path = str(tmp_path / "mid.keras")
+    pm.save(path)
+    np.save(tmp_path / "masks.npy", np.stack([m.numpy().ravel() for m in pm.masks[:1]]))
+    np.save(tmp_path / "x.npy", x[:320])
+    np.save(tmp_path / "y.npy", y[:320])
+    out = run_reference(
+        f"""
+        import json, numpy as np, keras
+        import tfcompress
+        pm = keras.saving.load_model({path!r})
+        saved = np.load({str(tmp_path / "masks.npy")!r})[0]
+        first = dict(kind=type(pm).__name__, step=int(pm.pruning_step.numpy()),
+                     iterations=int(pm.optimizer.iterations.numpy()),
+                     same_mask=bool(np.array_equal(pm.masks[0].numpy().ravel(), saved)))
+        old_zero = pm.pruned_weights[0].numpy() == 0
+        x, y = np.load({str(tmp_path / "x.npy")!r}), np.load({str(tmp_path / "y.npy")!r})
+        pm.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        w = pm.pruned_weights[0].numpy()
+        first.update(final_step=int(pm.pruning_step.numpy()), zeros=int((w == 0).sum()),
+                     size=int(w.size), kept_old_zeros=bool((w[old_zero] == 0).all()),
+                     constrained=type(pm.pruned_weights[0].constraint).__name__)
+        print(json.dumps(first))
+        """
+    )
+    # The update due at step 20 ran when the first fit ended.
+    assert out["kind"] == "PrunedModel" and out["step"] == 20 and out["iterations"] == 20
+    assert out["same_mask"] and out["kept_old_zeros"]
+    assert out["final_step"] == 40
+    assert out["zeros"] == _expected_zero_count(out["size"], 0.9)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        reloaded.predict(x[:20], verbose=0), pm.predict(x[:20], verbose=0), atol=1e-6
+    )
+
+
+def test_subclassed_round_trip(tmp_path):
+    model = Subclassed()
+    model(np.zeros((1, 64), np.float32))
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot(0.5), layers="dense_1")
+    pm.update_masks(0)
+    pm.save(tmp_path / "s.keras")
+    again = keras.saving.load_model(tmp_path / "s.keras")
+    assert again.weight_indices == [1] and len(again.masks) == 1
+    np.testing.assert_array_equal(again.masks[0].numpy(), pm.masks[0].numpy())
+
+
+def test_m_by_n_kept_through_serialization(tmp_path):
+    model = small_mlp(hidden=(16,))
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot(), sparsity_m_by_n=(2, 4))
+    pm.update_masks(0)
+    pm.save(tmp_path / "mn.keras")
+    again = keras.saving.load_model(tmp_path / "mn.keras")
+    assert again.sparsity_m_by_n == (2, 4)
+    again.update_masks(0)  # same step: no recompute
+    again.pruning_step.assign(-1)
+    assert bool(again.update_masks(0))
+    for variable in again.pruned_weights:
+        groups = (keras.ops.convert_to_numpy(variable.value) != 0).T.reshape(-1, 4)
+        assert (groups.sum(1) == 2).all()
+
+
+def test_block_pruning_end_to_end():
+    model = small_mlp(hidden=(16,))
+    pm = pruning.prune_low_magnitude(
+        model, pruning_schedule=_one_shot(0.5), block_size=(4, 2), block_pooling_type="MAX"
+    )
+    pm.update_masks(0)
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel.value)
+    blocks = (kernel != 0).reshape(16, 4, 8, 2).transpose(0, 2, 1, 3).reshape(128, 8)
+    assert set(blocks.sum(1).tolist()) <= {0, 8} and (blocks.sum(1) == 0).sum() == 64
+
+
+def test_mirrored_strategy_parity(mirrored, digits):
+    (x, y), _ = digits
+    x, y = x[:256], y[:256]
+    schedule = PolynomialDecay(0.0, 0.7, begin_step=2, end_step=12, frequency=3)
+
+    def train(strategy):
+        with strategy.scope():
+            model = small_mlp(hidden=(32,), seed=3)
+        # Outside the scope: the wrapper follows the strategy of the model's variables.
+        pm = pruning.prune_low_magnitude(model, pruning_schedule=schedule)
+        with strategy.scope():
+            pm.compile(keras.optimizers.SGD(0.1, momentum=0.9), LOSS)
+        pm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+        return [v.numpy() for v in model.weights], [m.numpy() for m in pm.masks]
+
+    one_w, one_m = train(tf.distribute.get_strategy())
+    two_w, two_m = train(mirrored)
+    for a, b in zip(one_m, two_m):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(one_w, two_w):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    for m, w in zip(two_m, two_w[::2]):
+        assert ((w == 0) >= (m == 0)).all()
+        assert (m == 0).any()
+
+
+def test_strip_pruning_plain_model_identical_outputs(tmp_path, digits):
+    (x, y), _ = digits
+    model = small_mlp(hidden=(32,))
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot(0.8))
+    pm.compile("adam", LOSS)
+    pm.fit(x[:128], y[:128], epochs=1, batch_size=32, verbose=0)
+    expected = pm.predict(x[:40], verbose=0)
+    final = pruning.strip_pruning(pm)
+    assert type(final) is keras.Sequential
+    assert not [
+        layer
+        for layer in final._flatten_layers()
+        if type(layer).__module__.startswith("tfcompress")
+    ]
+    assert all(w.constraint is None for w in final.weights)
+    np.testing.assert_array_equal(final.predict(x[:40], verbose=0), expected)
+    sparsity = pruning.get_sparsity(final)
+    assert sorted(sparsity) == ["dense/kernel", "dense_1/kernel"]
+    assert sparsity["dense/kernel"] == _expected_zero_count(64 * 32, 0.8) / (64 * 32)
+    assert pruning.strip_pruning(final) is final
+
+
+def test_tflite_export_keeps_zeros(tmp_path, digits):
+    (x, y), (xt, _) = digits
+    model = small_mlp(hidden=(32,))
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot(0.75))
+    pm.compile("adam", LOSS)
+    pm.fit(x[:256], y[:256], epochs=1, batch_size=32, verbose=0)
+    final = pruning.strip_pruning(pm)
+    path = tmp_path / "pruned.tflite"
+    tfc.export.to_tflite(final, str(path))
+    lite = tfc.export.LiteModel(str(path))
+    np.testing.assert_allclose(lite.predict(xt), final.predict(xt, verbose=0), atol=1e-4)
+    kernel_zeros = sorted(int((v.numpy() == 0).sum()) for v in model.weights if v.name == "kernel")
+    lite_zeros = sorted(
+        int((vals == 0).sum()) for vals, _ in lite.weights().values() if vals.size in (64 * 32, 320)
+    )
+    assert lite_zeros == kernel_zeros
+
+
+def test_fit_without_update_pruning_step_is_handled(digits):
+    (x, y), _ = digits
+    pm = pruning.prune_low_magnitude(small_mlp(), pruning_schedule=_one_shot(0.5))
+    pm.compile("adam", LOSS)
+    pm.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
+    assert int(pm.pruning_step.numpy()) == 0
+    plain = small_mlp()
+    plain.compile("adam", LOSS)
+    with pytest.raises(ValueError, match="UpdatePruningStep needs a model made by"):
+        plain.fit(x[:32], y[:32], verbose=0, callbacks=[pruning.UpdatePruningStep()])
+
+
+def test_pruning_summaries(tmp_path, digits):
+    (x, y), _ = digits
+    pm = pruning.prune_low_magnitude(
+        small_mlp(hidden=(16,)), pruning_schedule=PolynomialDecay(0.0, 0.5, 0, 4, frequency=2)
+    )
+    pm.compile("adam", LOSS)
+    pm.fit(
+        x[:64],
+        y[:64],
+        epochs=2,
+        batch_size=16,
+        verbose=0,
+        callbacks=[pruning.PruningSummaries(str(tmp_path))],
+    )
+    values = {}
+    for path in glob.glob(os.path.join(tmp_path, "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                values.setdefault(value.tag, []).append(
+                    (event.step, float(tf.make_ndarray(value.tensor)))
+                )
+    assert values["pruning/target_sparsity"] == [(4, 0.5), (8, 0.5)]
+    assert values["pruning/last_update_step"][-1] == (8, 4.0)
+    assert values["pruning/sparsity/dense/kernel"][-1] == (8, 0.5)
+    with pytest.raises(ValueError, match="Received: update_freq=0"):
+        pruning.PruningSummaries(str(tmp_path), update_freq=0)
+
+
+BAD = [
+    (dict(block_size=(0, 2)), "Received: block_size="),
+    (dict(block_pooling_type="MEAN"), "Received: block_pooling_type=MEAN"),
+    (dict(sparsity_m_by_n=(4, 4)), r"Received: sparsity_m_by_n=\(4, 4\)"),
+    (dict(sparsity_m_by_n=(2, 4), block_size=(2, 2)), "cannot be combined"),
+    (dict(sparsity_m_by_n=(2, 5)), "not divisible"),
+    (dict(pruning_schedule="0.5"), "Received: pruning_schedule="),
+]
+
+
+def test_bad_input():
+    model = small_mlp(hidden=(32,))
+    for kw, match in BAD:
+        with pytest.raises(ValueError, match=match):
+            pruning.prune_low_magnitude(model, **kw)
+    assert all(w.constraint is None for w in model.weights)  # nothing changed on failure
+
+
+def test_bad_models():
+    with pytest.raises(ValueError, match="not built"):
+        pruning.prune_low_magnitude(Subclassed())
+    with pytest.raises(ValueError, match="Received: to_prune=<Dense"):
+        pruning.prune_low_magnitude(keras.layers.Dense(3))
+    pm = pruning.prune_low_magnitude(small_mlp())
+    with pytest.raises(ValueError, match="already pruned"):
+        pruning.prune_low_magnitude(pm)
+
+
+def test_config_round_trip():
+    pm = pruning.prune_low_magnitude(
+        small_mlp(), pruning_schedule=PolynomialDecay(0.1, 0.6, 2, 9), exclude="dense_1"
+    )
+    config = json.loads(json.dumps(pm.get_config()))
+    again = pruning.PrunedModel.from_config(config)
+    assert again.get_config()["weight_indices"] == [0] == config["weight_indices"]
+    assert again.pruning_schedule.get_config() == pm.pruning_schedule.get_config()

@@ -1,0 +1,100 @@
+"""Mask maths against NumPy references (argsort, per-group sorting, pooling)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcompress.pruning import masks
+
+
+def _argsort_reference(w, sparsity):
+    """Prune the ceil(s * n) smallest |w|, ties broken by position (stable argsort)."""
+    flat = np.abs(w).ravel()
+    k = int(np.ceil(np.float64(np.float32(sparsity)) * flat.size - flat.size * 2.0**-23))
+    mask = np.ones(flat.size, np.float32)
+    mask[np.argsort(flat, kind="stable")[:k]] = 0
+    return mask.reshape(w.shape)
+
+
+@pytest.mark.parametrize("shape", [(7,), (64, 32), (3, 3, 8, 16), (1000,)])
+def test_magnitude_mask_matches_argsort(shape):
+    w = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    for sparsity in (0.0, 0.1, 0.5, 0.8, 0.97):
+        got = masks.magnitude_mask(w, sparsity).numpy()
+        np.testing.assert_array_equal(got, _argsort_reference(w, sparsity))
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.55, 0.9])
+def test_ties_never_leave_sparsity_below_target(sparsity):
+    # Few distinct magnitudes: thresholds fall inside large groups of ties.
+    w = np.random.default_rng(2).integers(-3, 4, size=(40, 25)).astype(np.float32) / 4
+    got = masks.magnitude_mask(w, sparsity).numpy()
+    np.testing.assert_array_equal(got, _argsort_reference(w, sparsity))
+    assert (got == 0).mean() >= sparsity
+
+
+def test_all_equal_and_zero_weights():
+    w = np.zeros((10, 10), np.float32)
+    assert (masks.magnitude_mask(w, 0.37).numpy() == 0).sum() == 37
+    w = np.full((4, 5), -2.0, np.float32)
+    np.testing.assert_array_equal(masks.magnitude_mask(w, 0.5).numpy(), _argsort_reference(w, 0.5))
+
+
+def test_extreme_values():
+    w = np.array([np.inf, -1e-38, 3e38, 0.0, -7.0, 1e-45], np.float32)
+    np.testing.assert_array_equal(masks.magnitude_mask(w, 0.5).numpy(), _argsort_reference(w, 0.5))
+
+
+@pytest.mark.parametrize("k", [1, 2, 17, 500, 999, 1000])
+def test_kth_smallest_bits_matches_sort(k):
+    values = np.abs(np.random.default_rng(3).standard_normal(1000)).astype(np.float32)
+    bits = tf.bitcast(tf.constant(values), tf.int32)
+    got = tf.bitcast(masks.kth_smallest_bits(bits, tf.constant(k)), tf.float32).numpy()
+    assert got == np.sort(values)[k - 1]
+
+
+@pytest.mark.parametrize(
+    "size,sparsity,expected", [(1000, 0.8, 800), (2048, 0.8, 1639), (10, 0.0, 0), (3, 0.5, 2)]
+)
+def test_num_to_prune(size, sparsity, expected):
+    assert int(masks.num_to_prune(size, np.float32(sparsity))) == expected
+
+
+def _block_reference(w, sparsity, block, pooling):
+    matrix = np.abs(w.reshape(-1, w.shape[-1]))
+    rows, cols = block
+    n_r, n_c = -(-matrix.shape[0] // rows), -(-matrix.shape[1] // cols)
+    scores = np.zeros((n_r, n_c), np.float32)
+    for i in range(n_r):
+        for j in range(n_c):
+            patch = matrix[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols]
+            scores[i, j] = patch.max() if pooling == "MAX" else patch.mean()
+    keep = _argsort_reference(scores, sparsity)
+    full = np.repeat(np.repeat(keep, rows, 0), cols, 1)[: matrix.shape[0], : matrix.shape[1]]
+    return full.reshape(w.shape)
+
+
+@pytest.mark.parametrize(
+    "shape,block", [((8, 6), (2, 3)), ((7, 5), (2, 2)), ((3, 3, 4, 6), (4, 1))]
+)
+@pytest.mark.parametrize("pooling", ["AVG", "MAX"])
+def test_block_mask_matches_reference(shape, block, pooling):
+    w = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    got = masks.block_mask(w, 0.5, block, pooling).numpy()
+    np.testing.assert_allclose(got, _block_reference(w, 0.5, block, pooling))
+
+
+@pytest.mark.parametrize(
+    "shape,m,n", [((16, 8), 2, 4), ((3, 3, 8, 5), 2, 4), ((12, 3), 1, 3), ((8,), 3, 4)]
+)
+def test_m_by_n_every_group(shape, m, n):
+    rng = np.random.default_rng(5)
+    w = rng.integers(-4, 5, size=shape).astype(np.float32)  # many ties
+    got = masks.m_by_n_mask(w, m, n).numpy()
+    axis = len(shape) - 2 if len(shape) >= 2 else 0
+    groups_w = np.moveaxis(w, axis, -1).reshape(-1, n)
+    groups_m = np.moveaxis(got, axis, -1).reshape(-1, n)
+    for gw, gm in zip(groups_w, groups_m):
+        assert gm.sum() == m
+        kept = np.argsort(-np.abs(gw), kind="stable")[:m]
+        np.testing.assert_array_equal(np.sort(np.nonzero(gm)[0]), np.sort(kept))

@@ -1,0 +1,378 @@
+"""Quantization-aware training: Keras model vs its fully int8 TFLite file."""
+
+import json
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run_reference, small_mlp
+from test_quantizers import numpy_fake_quant
+
+import tfcompress as tfc
+from tfcompress.quantization import (
+    ActivationQuantizer,
+    QuantizeConfig,
+    QuantizedModel,
+    QuantizeWrapper,
+    fold_batch_norms,
+    quantize_model,
+    quantizers,
+)
+
+L = keras.layers
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def compile_fit(model, x, y, epochs=2, batch_size=64, **kwargs):
+    model.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, **kwargs)
+    return model
+
+
+def agreement(qat, x):
+    lite = tfc.export.LiteModel(tfc.export.to_tflite(qat, quantization="int8", int8_io=True))
+    assert lite.is_fully_int8(), lite.ops()
+    keras_classes = np.argmax(qat.predict(x, verbose=0), axis=-1)
+    lite_classes = np.argmax(lite.predict(x), axis=-1)
+    return float(np.mean(keras_classes == lite_classes)), lite
+
+
+@pytest.fixture(scope="module")
+def float_mlp(digits):
+    (x, y), _ = digits
+    return compile_fit(small_mlp(hidden=(64,)), x, y, epochs=20, batch_size=64)
+
+
+def cnn(with_bn=True):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(16, 3, padding="same", use_bias=not with_bn)(inputs)
+    if with_bn:
+        x = L.BatchNormalization()(x)
+    x = L.ReLU()(x)
+    x = L.MaxPooling2D()(x)
+    x = L.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = L.Flatten()(x)
+    x = L.Dropout(0.1)(x)
+    return keras.Model(inputs, L.Dense(10)(x))
+
+
+def test_mlp_qat_exports_fully_int8_and_agrees(float_mlp, digits):
+    (x, y), (x_test, y_test) = digits
+    before = [w.copy() for w in float_mlp.get_weights()]
+    qat = compile_fit(quantize_model(float_mlp), x, y, epochs=2)
+    for old, new in zip(before, float_mlp.get_weights()):
+        np.testing.assert_array_equal(old, new)  # the float model is left untouched
+    agree, lite = agreement(qat, x_test)
+    assert agree >= 0.99
+    assert lite.ops() == {"FULLY_CONNECTED"}
+    float_accuracy = float_mlp.evaluate(x_test, y_test, verbose=0)[1]
+    assert lite.evaluate(x_test, y_test) >= float_accuracy - 0.03
+    # The file's input scale is the nudged moving-average range of the input.
+    q = next(layer for layer in qat.layers if isinstance(layer, ActivationQuantizer))
+    scale, zero = quantizers.nudged_range(float(q.min_value), float(q.max_value))
+    np.testing.assert_allclose(lite.input_details["quantization"], (scale, zero), rtol=1e-5)
+
+
+def test_cnn_with_batchnorm_folds_fuses_and_agrees(digits_image):
+    (x, y), (x_test, _) = digits_image
+    model = compile_fit(cnn(), x, y, epochs=3)
+    qat = quantize_model(model)
+    assert not any(isinstance(layer, (L.BatchNormalization, L.ReLU)) for layer in qat.layers)
+    conv = next(layer for layer in qat.layers if isinstance(layer, QuantizeWrapper))
+    assert conv.layer.use_bias and conv.layer.activation is keras.activations.relu
+    compile_fit(qat, x, y, epochs=1)
+    agree, lite = agreement(qat, x_test)
+    assert agree >= 0.99
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "FULLY_CONNECTED"} <= lite.ops()
+
+
+def test_batchnorm_folding_is_exact():
+    for kind in ["dense", "conv", "depthwise", "separable"]:
+        check_folding(kind)
+
+
+def check_folding(kind):
+    keras.utils.set_random_seed(1)
+    layer = {
+        "dense": lambda: L.Dense(6, use_bias=False),
+        "conv": lambda: L.Conv2D(6, 3, padding="same"),
+        "depthwise": lambda: L.DepthwiseConv2D(3, depth_multiplier=2, padding="same"),
+        "separable": lambda: L.SeparableConv2D(6, 3, padding="same"),
+    }[kind]()
+    shape = (5,) if kind == "dense" else (6, 6, 3)
+    model = keras.Sequential([keras.Input(shape), layer, L.BatchNormalization(), L.ReLU()])
+    rng = np.random.default_rng(0)
+    bn = model.layers[1]
+    channels = bn.gamma.shape[0]
+    for var, values in [
+        (bn.gamma, rng.uniform(0.5, 2, channels)),
+        (bn.beta, rng.normal(size=channels)),
+        (bn.moving_mean, rng.normal(size=channels)),
+        (bn.moving_variance, rng.uniform(0.2, 3, channels)),
+    ]:
+        var.assign(values.astype(np.float32))
+    x = rng.normal(size=(16,) + shape).astype(np.float32)
+    folded = fold_batch_norms(model)
+    assert not any(isinstance(lyr, L.BatchNormalization) for lyr in folded.layers)
+    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_zoo_of_layers_is_fully_int8(digits_image):
+    (x, y), (x_test, _) = digits_image
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    a = L.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    b = L.SeparableConv2D(8, 3, padding="same")(a)
+    b = L.BatchNormalization()(b)
+    b = L.ReLU(max_value=6.0)(b)
+    s = L.MaxPooling2D()(L.Add()([a, b]))
+    c = L.Conv1D(4, 2)(L.Reshape((16, 8))(s))
+    g = L.Concatenate()([L.GlobalAveragePooling2D()(s), L.Flatten()(c)])
+    outputs = L.Dense(10, activation="softmax")(L.Dense(16, activation="tanh")(g))
+    model = keras.Model(inputs, outputs)
+    qat = quantize_model(model)
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    qat.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    agree, lite = agreement(qat, x_test)
+    assert agree >= 0.97
+    expected = {"ADD", "CONCATENATION", "SOFTMAX", "TANH", "MEAN", "CONV_2D", "DEPTHWISE_CONV_2D"}
+    assert expected <= lite.ops()
+
+
+def test_rbm_layer_is_quantized(digits):
+    (x, y), (x_test, _) = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), tfc.RBM(32), L.Dense(10)])
+    qat = compile_fit(quantize_model(model), x, y, epochs=3, batch_size=32)
+    wrapper = qat.layers[2]
+    assert isinstance(wrapper, QuantizeWrapper) and isinstance(wrapper.layer, tfc.RBM)
+    inputs_q, pre_q = qat.layers[1], wrapper.pre_activation_quantizer
+    m = np.abs(wrapper.layer.kernel.numpy()).max()
+    v = numpy_fake_quant(x_test[:8], float(inputs_q.min_value), float(inputs_q.max_value))
+    pre = v @ numpy_fake_quant(wrapper.layer.kernel.numpy(), -m, m, narrow_range=True)
+    pre = numpy_fake_quant(
+        pre + wrapper.layer.hidden_bias.numpy(), float(pre_q.min_value), float(pre_q.max_value)
+    )
+    expected = numpy_fake_quant(1 / (1 + np.exp(-pre)), 0.0, 255 / 256)
+    got = keras.Model(qat.inputs, wrapper.output).predict(x_test[:8], verbose=0)
+    np.testing.assert_allclose(got, expected, atol=1 / 256 + 1e-6)
+    assert np.mean(np.abs(got - expected) < 1e-6) > 0.95
+    agree, lite = agreement(qat, x_test)
+    assert agree >= 0.99 and "LOGISTIC" in lite.ops()
+
+
+def test_sparsity_is_preserved(float_mlp, digits):
+    (x, y), _ = digits
+    pruned = keras.models.clone_model(float_mlp)
+    pruned.set_weights(float_mlp.get_weights())
+    kernel = pruned.layers[0].kernel
+    w = np.asarray(kernel)
+    w[np.abs(w) < np.quantile(np.abs(w), 0.7)] = 0.0
+    kernel.assign(w)
+    qat = compile_fit(quantize_model(pruned), x, y, epochs=2)
+    trained = np.asarray(qat.layers[2].layer.kernel)
+    np.testing.assert_array_equal(trained[w == 0], 0.0)
+    assert np.any(trained[w != 0] != w[w != 0])
+    weights = tfc.export.LiteModel(tfc.export.to_tflite(qat, quantization="int8")).weights()
+    lite_kernel = max((values for values, _ in weights.values()), key=np.size)
+    assert lite_kernel.size == w.size and np.mean(lite_kernel == 0) >= np.mean(w == 0)
+
+
+@keras.saving.register_keras_serializable(package="test_qat")
+class TwoLayerNet(keras.Model):
+    def __init__(self, hidden=32, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = hidden
+        self.first = L.Dense(hidden, activation="relu")
+        self.blocks = [L.Dense(hidden), L.ReLU()]
+        self.head = L.Dense(10)
+
+    def call(self, x):
+        x = self.first(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.hidden}
+
+
+def test_subclassed_model(digits, tmp_path):
+    (x, y), (x_test, _) = digits
+    model = TwoLayerNet()
+    model(x[:1])
+    compile_fit(model, x, y, epochs=4)
+    qat = quantize_model(model)
+    assert isinstance(qat, QuantizedModel)
+    assert isinstance(qat.model.first, QuantizeWrapper)
+    assert [type(b) for b in qat.model.blocks] == [QuantizeWrapper, QuantizeWrapper]
+    assert len(qat.trainable_weights) == 6
+    compile_fit(qat, x, y, epochs=1)
+    agree, _ = agreement(qat, x_test)
+    assert agree >= 0.99
+    path = tmp_path / "sub.keras"
+    qat.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        reloaded.predict(x_test, verbose=0), qat.predict(x_test, verbose=0), atol=1e-6
+    )
+
+
+def test_keras_round_trip_in_fresh_process(float_mlp, digits, tmp_path):
+    (x, y), (x_test, _) = digits
+    qat = compile_fit(quantize_model(float_mlp), x, y, epochs=1)
+    path = tmp_path / "qat.keras"
+    qat.save(path)
+    np.save(tmp_path / "x.npy", x_test[:50])
+    expected = qat.predict(x_test[:50], verbose=0)
+    result = run_reference(
+        f"""
+        import json, numpy as np, keras
+        import tfcompress
+        model = keras.saving.load_model({str(path)!r})
+        out = model.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0)
+        names = [type(layer).__name__ for layer in model.layers]
+        print(json.dumps({{"out": out.tolist(), "layers": names}}))
+        """
+    )
+    np.testing.assert_allclose(np.array(result["out"]), expected, atol=1e-6)
+    assert result["layers"].count("QuantizeWrapper") == 2
+
+
+def test_mirrored_strategy_parity(mirrored, digits):
+    (x, y), _ = digits
+    x, y = x[:256], y[:256]
+
+    def train(strategy):
+        with strategy.scope():
+            qat = quantize_model(small_mlp(hidden=(32,), seed=3))
+            qat.compile(keras.optimizers.SGD(0.1), LOSS)
+        qat.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0)
+        return [np.asarray(w) for w in qat.weights]
+
+    single = train(tf.distribute.get_strategy())
+    double = train(mirrored)
+    for a, b in zip(single, double):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_activation_range_is_moving_average_of_batch_extremes(digits):
+    (x, y), _ = digits
+    x, y = x[:256], y[:256]
+    qat = quantize_model(small_mlp(hidden=(8,)), layer_configs=None)
+    compile_fit(qat, x, y, epochs=1, batch_size=64, shuffle=False)
+    lo, hi = None, None
+    for start in range(0, 256, 64):
+        b_lo, b_hi = min(x[start : start + 64].min(), 0), max(x[start : start + 64].max(), 0)
+        lo = b_lo if lo is None else 0.99 * lo + 0.01 * b_lo
+        hi = b_hi if hi is None else 0.99 * hi + 0.01 * b_hi
+    q = qat.layers[1]
+    np.testing.assert_allclose([float(q.min_value), float(q.max_value)], [lo, hi], rtol=1e-6)
+
+
+def test_layer_opt_out_and_unsupported_layers(digits):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            L.Dense(16, name="d1"),
+            L.LayerNormalization(name="ln"),
+            L.Dense(10, name="d2"),
+        ]
+    )
+    with pytest.warns(UserWarning, match="ln"):
+        qat = quantize_model(model, layer_configs={"d2": QuantizeConfig(mode="float")})
+    assert [type(layer).__name__ for layer in qat.layers[1:]] == [
+        "ActivationQuantizer",
+        "QuantizeWrapper",
+        "LayerNormalization",
+        "Dense",
+    ]
+    with pytest.raises(ValueError, match=r"\['ln', 'd2'\]"):
+        quantize_model(model, layer_configs={"d2": QuantizeConfig(mode="float")}, fully_int8=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_model(model, layer_configs={"ln": QuantizeConfig(mode="float")})
+    compile_fit(qat, x[:128], y[:128], epochs=1)
+    with pytest.raises(ValueError, match=r"compute in float: \[.*'RSQRT'"):
+        tfc.export.to_tflite(qat, quantization="int8", int8_io=True)
+
+
+class ScaledDense(L.Dense):
+    def call(self, x):
+        return 2.0 * super().call(x)
+
+
+def test_dense_subclass_with_own_call_stays_float():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3), ScaledDense(2, name="scaled")])
+    with pytest.warns(UserWarning, match="scaled"):
+        qat = quantize_model(model)
+    assert type(qat.layers[-1]) is ScaledDense
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_allclose(
+        qat.layers[-1](qat.layers[-2](x)).numpy(), qat.predict(x, verbose=0), atol=1e-6
+    )
+
+
+def test_per_tensor_and_per_channel_configs(float_mlp, digits):
+    (x, y), (x_test, _) = digits
+    first, second = (layer.name for layer in float_mlp.layers)
+    per_channel = QuantizeConfig(weight_granularity="per_channel")
+    qat = quantize_model(float_mlp, layer_configs={first: per_channel})
+    wrappers = [layer for layer in qat.layers if isinstance(layer, QuantizeWrapper)]
+    assert wrappers[0].per_channel and not wrappers[1].per_channel
+    saved = qat.get_layer(f"quant_{first}").get_config()["quantize_config"]["config"]
+    assert saved["weight_granularity"] == "per_channel"
+    compile_fit(qat, x, y, epochs=1)
+    agree, lite = agreement(qat, x_test)
+    assert agree >= 0.99 and {"CONV_2D", "FULLY_CONNECTED"} <= lite.ops()
+    scales = [
+        len(np.atleast_1d(d["quantization_parameters"]["scales"]))
+        for d in lite._interpreter.get_tensor_details()
+    ]
+    assert max(scales) == wrappers[0].layer.units
+
+
+def test_config_round_trips():
+    config = QuantizeConfig(weight_granularity="per_tensor", ema_decay=0.9)
+    assert QuantizeConfig.from_config(config.get_config()) == config
+    wrapper = QuantizeWrapper(L.Dense(3, activation="sigmoid"), config)
+    clone = QuantizeWrapper.from_config(json.loads(json.dumps(wrapper.get_config())))
+    assert clone.quantize_config == config and clone.layer.units == 3
+    quantizer = ActivationQuantizer(ema_decay=0.5, fixed_range=(0.0, 1.0))
+    assert ActivationQuantizer.from_config(quantizer.get_config()).fixed_range == (0.0, 1.0)
+
+
+def test_invalid_config_values():
+    for kwargs, match in [
+        ({"mode": "int4"}, "mode=int4"),
+        ({"num_bits": 4}, "num_bits=4"),
+        ({"weight_granularity": "per_row"}, "weight_granularity=per_row"),
+        ({"ema_decay": 1.0}, "ema_decay=1.0"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            QuantizeConfig(**kwargs)
+
+
+def test_bad_models():
+    with pytest.raises(ValueError, match="not built"):
+        quantize_model(keras.Sequential([L.Dense(3)]))
+    no_weights = keras.Sequential([keras.Input((4,)), L.Flatten(), L.Dropout(0.1)])
+    with pytest.raises(ValueError, match="no layer that QAT can quantize"):
+        quantize_model(no_weights)
+    qat = quantize_model(small_mlp())
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(qat)
+    with pytest.raises(ValueError, match="not in the model"):
+        quantize_model(small_mlp(), layer_configs={"nope": QuantizeConfig()})
+    with pytest.raises(ValueError, match="must be a QuantizeConfig"):
+        quantize_model(small_mlp(), layer_configs={"dense": "float"})
+    with pytest.raises(ValueError, match="model="):
+        quantize_model("not a model")
+    with pytest.raises(ValueError, match="fixed_range"):
+        ActivationQuantizer(fixed_range=(0.5, 1.0))

@@ -1,0 +1,676 @@
+"""Magnitude pruning of any Keras 3 model: `prune_low_magnitude` and friends.
+
+The model is wrapped, not cloned: `PrunedModel` holds the user's model (any
+Sequential, Functional, subclassed or nested model) plus one mask variable per
+pruned weight and the step of the last mask update. Pruned weights are kept
+at exactly zero in the weight variables themselves:
+
+- a mask update (every pruning turn of the schedule, driven by the optimizer's
+  iteration count) multiplies each weight by its new mask, so the next forward
+  pass only sees kept weights;
+- every optimizer step is followed by the same multiply through the
+  variable's constraint (Keras optimizers apply constraints after each update,
+  in `fit`, custom loops and under `tf.distribute`), so momentum or Adam
+  moments cannot revive a pruned weight.
+
+Nothing is added to the forward pass, and replicas need no extra all-reduce:
+each applies the same mask to its own copy.
+"""
+
+import contextlib
+import dataclasses
+import numbers
+
+import keras
+import tensorflow as tf
+
+from tfcompress._serialization import register
+from tfcompress.pruning import masks as mask_lib
+from tfcompress.pruning import schedules
+
+_POOLING_TYPES = ("AVG", "MAX")
+
+
+def _builtin_registry():
+    layers = keras.layers
+    return [
+        (layers.Dense, ("kernel",)),
+        (layers.EinsumDense, ("kernel",)),
+        (layers.Conv1D, ("kernel",)),
+        (layers.Conv2D, ("kernel",)),
+        (layers.Conv3D, ("kernel",)),
+        (layers.Conv1DTranspose, ("kernel",)),
+        (layers.Conv2DTranspose, ("kernel",)),
+        (layers.Conv3DTranspose, ("kernel",)),
+        (layers.DepthwiseConv1D, ("kernel",)),
+        (layers.DepthwiseConv2D, ("kernel",)),
+        (layers.SeparableConv1D, ("pointwise_kernel",)),
+        (layers.SeparableConv2D, ("pointwise_kernel",)),
+        (layers.Embedding, ("embeddings",)),
+        (layers.LSTMCell, ("kernel", "recurrent_kernel")),
+        (layers.GRUCell, ("kernel", "recurrent_kernel")),
+        (layers.SimpleRNNCell, ("kernel", "recurrent_kernel")),
+    ]
+
+
+_REGISTRY = _builtin_registry()
+
+
+def register_prunable_layer(layer_class, weight_names):
+    """Declares which weights of `layer_class` (and its subclasses) are prunable.
+
+    A layer can instead define `get_prunable_weights()` returning its prunable
+    variables; that method wins over the registry.
+
+    Args:
+        layer_class: A `keras.layers.Layer` subclass.
+        weight_names: Attribute names of its prunable variables, e.g. `["kernel"]`.
+
+    Raises:
+        ValueError: `layer_class` is not a Layer subclass or `weight_names` is empty.
+
+    Example:
+        >>> class Scale(keras.layers.Layer):
+        ...     def build(self, shape):
+        ...         self.w = self.add_weight(shape=shape[1:])
+        ...     def call(self, x):
+        ...         return x * self.w
+        >>> register_prunable_layer(Scale, ["w"])
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise ValueError(
+            f"`layer_class` must be a Layer subclass. Received: layer_class={layer_class}"
+        )
+    if isinstance(weight_names, str) or not weight_names:
+        raise ValueError(
+            "`weight_names` must be a non-empty list of names. "
+            f"Received: weight_names={weight_names}"
+        )
+    _REGISTRY.insert(0, (layer_class, tuple(weight_names)))
+
+
+def _variable(layer, attr):
+    value = getattr(layer, attr, None)
+    if not isinstance(value, keras.Variable):
+        # LoRA-enabled layers return a tensor from the property; the variable is private.
+        value = getattr(layer, "_" + attr, None)
+    return value if isinstance(value, keras.Variable) else None
+
+
+def get_prunable_weights(layer):
+    """The prunable variables of one layer (not of its sublayers).
+
+    Args:
+        layer: A Keras layer.
+
+    Returns:
+        A list of `keras.Variable`: from `layer.get_prunable_weights()` when the
+        layer defines it (the project's RBM returns `[kernel]`), else from the
+        registry; empty for other layers.
+    """
+    method = getattr(layer, "get_prunable_weights", None)
+    if callable(method) and not isinstance(layer, keras.Model):
+        return list(method())
+    if getattr(layer, "quantization_mode", None):
+        return []
+    for cls, names in _REGISTRY:
+        if isinstance(layer, cls):
+            found = [_variable(layer, name) for name in names]
+            return [v for v in found if v is not None]
+    return []
+
+
+def _walk(layer, ancestors=()):
+    """Depth-first (layer, ancestors) over all sublayers, each layer once."""
+    seen = set()
+
+    def visit(node, chain):
+        for child in node._layers:
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            yield child, chain
+            yield from visit(child, chain + (child,))
+
+    yield from visit(layer, ancestors)
+
+
+def _layer_types(model):
+    return sorted(
+        {type(x).__name__ for x, _ in _walk(model) if not isinstance(x, keras.layers.InputLayer)}
+    )
+
+
+def _candidates(model):
+    """All prunable (layer, ancestors, variable) of `model`, in a fixed order."""
+    out, seen = [], set()
+    for layer, ancestors in _walk(model):
+        for variable in get_prunable_weights(layer):
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                out.append((layer, ancestors, variable))
+    return out
+
+
+def _weight_names(candidates):
+    short = [f"{layer.name}/{variable.name}" for layer, _, variable in candidates]
+    if len(set(short)) == len(short):
+        return short
+    return [variable.path for _, _, variable in candidates]
+
+
+def _matches(layer, spec):
+    if isinstance(spec, str):
+        return layer.name == spec
+    if isinstance(spec, type):
+        return isinstance(layer, spec)
+    return bool(spec(layer))
+
+
+def _check_selector(name, value):
+    if value is None:
+        return []
+    items = [value] if isinstance(value, (str, type)) or callable(value) else list(value)
+    for item in items:
+        if not (isinstance(item, (str, type)) or callable(item)):
+            raise ValueError(
+                f"`{name}` must hold layer names, layer classes or callables. "
+                f"Received: {name}={value}"
+            )
+    return items
+
+
+def _select(model, layers, exclude):
+    """Indices into `_candidates(model)` chosen by `layers` minus `exclude`."""
+    wanted = _check_selector("layers", layers)
+    unwanted = _check_selector("exclude", exclude)
+    all_names = {layer.name for layer, _ in _walk(model)}
+    for arg, items in (("layers", wanted), ("exclude", unwanted)):
+        unknown = [s for s in items if isinstance(s, str) and s not in all_names]
+        if unknown:
+            raise ValueError(
+                f"Unknown layer names in `{arg}`: {unknown}. Layers found: {sorted(all_names)}. "
+                f"Received: {arg}={items}"
+            )
+    chosen = []
+    for i, (layer, ancestors, _) in enumerate(_candidates(model)):
+        lineage = ancestors + (layer,)
+        if wanted and not any(_matches(x, s) for x in lineage for s in wanted):
+            continue
+        if any(_matches(x, s) for x in lineage for s in unwanted):
+            continue
+        chosen.append(i)
+    return chosen
+
+
+def _known_input_shape(model):
+    """The single input shape of a built model when it is known, else None."""
+    inputs = getattr(model, "inputs", None)
+    if inputs and len(inputs) == 1:
+        return tuple(inputs[0].shape)
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    return tuple(next(iter(shapes.values()))) if len(shapes) == 1 else None
+
+
+def _strategy_scope(variable):
+    """The distribution scope the model's variables live in, so masks are mirrored too."""
+    if tf.distribute.has_strategy():
+        return contextlib.nullcontext()
+    strategy = getattr(getattr(variable, "value", None), "_distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+class _MaskConstraint:
+    """Variable constraint `w -> original(w) * mask`, run after each optimizer step."""
+
+    def __init__(self, mask, original):
+        self.mask = mask
+        self.original = original
+
+    def __call__(self, w):
+        if self.original is not None:
+            w = self.original(w)
+        return keras.ops.multiply(w, keras.ops.cast(self.mask, w.dtype))
+
+
+@dataclasses.dataclass(eq=False)
+class _Target:
+    name: str
+    variable: object
+    mask: object
+
+
+class _Targets:
+    """Plain holder so Keras does not track the wrapped model's variables twice."""
+
+    def __init__(self, items):
+        self.items = items
+
+
+def _check_block_size(block_size):
+    ok = (
+        isinstance(block_size, (tuple, list))
+        and len(block_size) == 2
+        and all(
+            isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1
+            for b in block_size
+        )
+    )
+    if not ok:
+        raise ValueError(
+            "`block_size` must be two positive integers (rows, cols). "
+            f"Received: block_size={block_size}"
+        )
+    return tuple(int(b) for b in block_size)
+
+
+def _check_m_by_n(sparsity_m_by_n):
+    if sparsity_m_by_n is None:
+        return None
+    ok = (
+        isinstance(sparsity_m_by_n, (tuple, list))
+        and len(sparsity_m_by_n) == 2
+        and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sparsity_m_by_n
+        )
+        and 0 < sparsity_m_by_n[0] < sparsity_m_by_n[1]
+    )
+    if not ok:
+        raise ValueError(
+            "`sparsity_m_by_n` must be (m, n) with 0 < m < n: keep m of every n weights. "
+            f"Received: sparsity_m_by_n={sparsity_m_by_n}"
+        )
+    return tuple(int(v) for v in sparsity_m_by_n)
+
+
+def _check_options(block_size, block_pooling_type, sparsity_m_by_n):
+    block_size = _check_block_size(block_size)
+    if block_pooling_type not in _POOLING_TYPES:
+        raise ValueError(
+            f"`block_pooling_type` must be one of {_POOLING_TYPES}. "
+            f"Received: block_pooling_type={block_pooling_type}"
+        )
+    m_by_n = _check_m_by_n(sparsity_m_by_n)
+    if m_by_n is not None and block_size != (1, 1):
+        raise ValueError(
+            "`sparsity_m_by_n` cannot be combined with block pruning. "
+            f"Received: block_size={block_size}, sparsity_m_by_n={sparsity_m_by_n}"
+        )
+    return block_size, m_by_n
+
+
+def _check_m_by_n_shapes(names, variables, m_by_n):
+    if m_by_n is None:
+        return
+    n = m_by_n[1]
+    for name, variable in zip(names, variables):
+        shape = tuple(variable.shape)
+        axis = len(shape) - 2 if len(shape) >= 2 else 0
+        if shape[axis] % n:
+            raise ValueError(
+                f"`sparsity_m_by_n` groups {n} weights along axis {axis}, but weight {name!r} "
+                f"has shape {shape}: not divisible. Exclude that layer or change n. "
+                f"Received: sparsity_m_by_n={m_by_n}"
+            )
+
+
+def _with_update_step(callbacks):
+    from tfcompress.pruning.callbacks import UpdatePruningStep  # it imports this module
+
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        if not any(isinstance(c, UpdatePruningStep) for c in callbacks.callbacks):
+            callbacks.append(UpdatePruningStep())
+        return callbacks
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, UpdatePruningStep) for c in callbacks):
+        callbacks.append(UpdatePruningStep())
+    return callbacks
+
+
+@register
+class PrunedModel(keras.Model):
+    """A model whose selected weights are magnitude-pruned during training.
+
+    Made by `prune_low_magnitude`; behaves as the wrapped model (same inputs,
+    outputs, `fit`, `evaluate`, `save`). Masks and the step of the last mask
+    update are weights of this model, so a `.keras` file saved mid-training
+    reloads (after `import tfcompress`) with the same masks; the schedule
+    resumes from the restored optimizer's iteration count.
+
+    Args:
+        model: The Keras model to prune (built).
+        pruning_schedule: Schedule object: `schedule(step) -> (should_prune, sparsity)`.
+        block_size: `(rows, cols)` blocks pruned together; `(1, 1)` is unstructured.
+        block_pooling_type: "AVG" or "MAX" magnitude of a block.
+        sparsity_m_by_n: `(m, n)` to keep `m` of every `n` input weights (e.g. 2:4),
+            or None.
+        weight_indices: Positions, in the model's fixed traversal order of
+            prunable weights, of the weights to prune; None for all.
+        **kwargs: Passed to `keras.Model` (name, trainable, dtype).
+
+    Raises:
+        ValueError: bad options, an unbuilt model, or nothing to prune.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+        >>> pm = PrunedModel(m, schedules.ConstantSparsity(0.5, 0, frequency=1))
+        >>> pm.weight_names
+        ['d/kernel']
+    """
+
+    def __init__(
+        self,
+        model,
+        pruning_schedule,
+        block_size=(1, 1),
+        block_pooling_type="AVG",
+        sparsity_m_by_n=None,
+        weight_indices=None,
+        **kwargs,
+    ):
+        block_size, m_by_n = _check_options(block_size, block_pooling_type, sparsity_m_by_n)
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"`model` must be a keras.Model. Received: model={model}")
+        if isinstance(model, PrunedModel):
+            raise ValueError(f"`model` is already pruned. Received: model={model.name}")
+        pruning_schedule = schedules.get(pruning_schedule)
+        super().__init__(**kwargs)
+        self.model = model
+        self.pruning_schedule = pruning_schedule
+        self.block_size = block_size
+        self.block_pooling_type = block_pooling_type
+        self.sparsity_m_by_n = m_by_n
+        self.weight_indices = None if weight_indices is None else [int(i) for i in weight_indices]
+        self._targets = _Targets([])
+        self._update_fn = None
+        if model.built:
+            # Keras records the argument as this model's build config (exporters read it).
+            self.build(_known_input_shape(model))
+
+    def build(self, input_shape=None):
+        if not self.model.built:
+            if input_shape is None:
+                raise ValueError(
+                    "The model to prune is not built: call it on a batch or call "
+                    f"`model.build(input_shape)` first. Received: model={self.model.name}"
+                )
+            self.model.build(input_shape)
+        candidates = _candidates(self.model)
+        names = _weight_names(candidates)
+        indices = range(len(candidates)) if self.weight_indices is None else self.weight_indices
+        if not candidates or any(i >= len(candidates) for i in indices) or not list(indices):
+            found = _layer_types(self.model)
+            raise ValueError(
+                "Found no prunable weights to prune. Layer types found: "
+                f"{found}. Prunable: Dense, EinsumDense, Conv*, DepthwiseConv*, SeparableConv*, "
+                "Embedding, LSTM/GRU/SimpleRNN cells and layers with `get_prunable_weights()`; "
+                "see `register_prunable_layer`. "
+                f"Received: model={self.model.name}, weight_indices={self.weight_indices}"
+            )
+        chosen = [(names[i], candidates[i][2]) for i in indices]
+        _check_m_by_n_shapes([n for n, _ in chosen], [v for _, v in chosen], self.sparsity_m_by_n)
+        items = []
+        with _strategy_scope(chosen[0][1]):
+            for i, (name, variable) in enumerate(chosen):
+                mask = self.add_weight(
+                    shape=variable.shape,
+                    initializer="ones",
+                    dtype=variable.dtype,
+                    trainable=False,
+                    name=f"mask_{i}",
+                )
+                items.append(_Target(name, variable, mask))
+            self.pruning_step = self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(-1),
+                dtype="int64",
+                trainable=False,
+                name="pruning_step",
+            )
+        for target in items:
+            target.variable.constraint = _MaskConstraint(target.mask, target.variable.constraint)
+        self._targets = _Targets(items)
+        self.built = True
+
+    @property
+    def weight_names(self):
+        """Names of the pruned weights, e.g. `["dense/kernel"]`."""
+        return [t.name for t in self._targets.items]
+
+    @property
+    def pruned_weights(self):
+        """The pruned variables of the wrapped model."""
+        return [t.variable for t in self._targets.items]
+
+    @property
+    def masks(self):
+        """The mask variables, one per pruned weight (1 keep, 0 pruned)."""
+        return [t.mask for t in self._targets.items]
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def new_mask(self, weights, sparsity):
+        """The new mask of one weight at the given target sparsity."""
+        if self.sparsity_m_by_n is not None:
+            return mask_lib.m_by_n_mask(weights, *self.sparsity_m_by_n)
+        if self.block_size != (1, 1):
+            return mask_lib.block_mask(weights, sparsity, self.block_size, self.block_pooling_type)
+        return mask_lib.magnitude_mask(weights, sparsity)
+
+    def _update(self, step):
+        step = tf.cast(step, tf.int64)
+        should_prune, sparsity = self.pruning_schedule(step)
+        due = tf.logical_and(
+            tf.cast(should_prune, tf.bool), tf.not_equal(step, self.pruning_step.value)
+        )
+
+        def prune():
+            for target in self._targets.items:
+                new_mask = self.new_mask(target.variable.value, sparsity)
+                target.mask.assign(new_mask)
+                target.variable.assign(target.variable.value * new_mask)
+            self.pruning_step.assign(step)
+            return tf.constant(True)
+
+        return tf.cond(due, prune, lambda: tf.constant(False))
+
+    def update_masks(self, step=None):
+        """Updates the masks if the schedule prunes at `step`; returns whether it did.
+
+        Call it before each training step in a custom training loop (`fit` does
+        it through `UpdatePruningStep`). Pruned weights are zeroed at once.
+
+        Args:
+            step: The training step; by default this model's optimizer iteration count.
+
+        Returns:
+            A bool tensor: True when the masks were updated.
+
+        Raises:
+            ValueError: no `step` and the model has no optimizer.
+        """
+        if step is None:
+            if getattr(self, "optimizer", None) is None:
+                raise ValueError(
+                    "`update_masks` needs the training step: pass `step=optimizer.iterations` "
+                    f"or compile the model. Received: step={step}"
+                )
+            step = self.optimizer.iterations
+        if self._update_fn is None:
+            self._update_fn = tf.function(self._update, autograph=False)
+        return self._update_fn(tf.convert_to_tensor(step, tf.int64))
+
+    def strip(self):
+        """Removes the mask constraints and returns the wrapped model (weights already masked)."""
+        for target in self._targets.items:
+            constraint = target.variable.constraint
+            if isinstance(constraint, _MaskConstraint):
+                target.variable.constraint = constraint.original
+        return self.model
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, adding `UpdatePruningStep` when it is not among the callbacks."""
+        args = list(args)
+        if len(args) > 5:  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
+            args[5] = _with_update_step(args[5])
+        else:
+            kwargs["callbacks"] = _with_update_step(kwargs.get("callbacks"))
+        return super().fit(*args, **kwargs)
+
+    def get_config(self):
+        base_config = {"name": self.name, "trainable": self.trainable}
+        config = {
+            "model": keras.saving.serialize_keras_object(self.model),
+            "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+            "block_size": list(self.block_size),
+            "block_pooling_type": self.block_pooling_type,
+            "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n),
+            "weight_indices": self.weight_indices,
+        }
+        return {**base_config, **config}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        config["pruning_schedule"] = keras.saving.deserialize_keras_object(
+            config["pruning_schedule"]
+        )
+        return cls(**config)
+
+
+def prune_low_magnitude(
+    to_prune,
+    pruning_schedule=None,
+    block_size=(1, 1),
+    block_pooling_type="AVG",
+    sparsity_m_by_n=None,
+    layers=None,
+    exclude=None,
+):
+    """Wraps a model so that its weights are magnitude-pruned while it trains.
+
+    Any built Keras model works: Sequential, Functional, subclassed, or one
+    holding nested models (a Keras application inside a model). The model is
+    not cloned: its own variables are pruned in place. Steps are counted from
+    the optimizer's iterations; `fit` adds `UpdatePruningStep` by itself when
+    it is missing. For a custom training loop call `pm.update_masks(step)`
+    before each step (`step = optimizer.iterations`). Biases are never pruned.
+
+    Args:
+        to_prune: A built `keras.Model`.
+        pruning_schedule: A `PolynomialDecay`, `ConstantSparsity`, a tfmot
+            schedule or any `schedule(step) -> (should_prune, sparsity)`;
+            default `ConstantSparsity(0.5, begin_step=0, frequency=100)`.
+        block_size: `(rows, cols)` pruned as a unit; `(1, 1)` for unstructured.
+        block_pooling_type: "AVG" or "MAX": how a block's magnitude is pooled.
+        sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)`: keep `m` of every `n`
+            consecutive input-channel weights at each pruning turn (the
+            schedule then only decides when).
+        layers: Which layers to prune: layer names, layer classes or a
+            callable `layer -> bool`, or a list of these. A nested model
+            selected by name prunes all its prunable layers. None for all.
+        exclude: Layers to leave dense, in the same forms as `layers`.
+
+    Returns:
+        A `PrunedModel`.
+
+    Raises:
+        ValueError: `to_prune` is not a built model, is already pruned, has
+            nothing prunable (the message lists what it holds), unknown layer
+            names in `layers`/`exclude`, a bad `block_size` or
+            `block_pooling_type`, `sparsity_m_by_n` with `m >= n` or a
+            grouping dimension not divisible by `n`.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="d")])
+        >>> s = schedules.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=10, frequency=5)
+        >>> pm = prune_low_magnitude(m, pruning_schedule=s)
+        >>> bool(pm.update_masks(10))
+        True
+        >>> get_sparsity(strip_pruning(pm))
+        {'d/kernel': 0.5}
+
+    Reference:
+        Zhu & Gupta 2017, "To prune, or not to prune", arXiv:1710.01878.
+    """
+    if isinstance(to_prune, PrunedModel):
+        raise ValueError(f"The model is already pruned. Received: to_prune={to_prune.name}")
+    if not isinstance(to_prune, keras.Model):
+        raise ValueError(
+            "`to_prune` must be a keras.Model; to prune some layers only, pass the model "
+            f"and `layers=[...]`. Received: to_prune={to_prune}"
+        )
+    if not to_prune.built:
+        raise ValueError(
+            "The model to prune is not built: call it on a batch or call "
+            f"`model.build(input_shape)` first. Received: to_prune={to_prune.name}"
+        )
+    _check_options(block_size, block_pooling_type, sparsity_m_by_n)
+    if pruning_schedule is None:
+        pruning_schedule = schedules.ConstantSparsity(0.5, begin_step=0, frequency=100)
+    pruning_schedule = schedules.get(pruning_schedule)
+    indices = _select(to_prune, layers, exclude)
+    if not indices:
+        found = _layer_types(to_prune)
+        raise ValueError(
+            f"Found no prunable weights in the selection. Layer types found: {found}. "
+            "Prunable: Dense, EinsumDense, Conv*, DepthwiseConv*, SeparableConv*, Embedding, "
+            "LSTM/GRU/SimpleRNN cells and layers with `get_prunable_weights()`. "
+            f"Received: layers={layers}, exclude={exclude}"
+        )
+    # Made in the strategy of the model's variables, so `fit` distributes as the model did.
+    with _strategy_scope(to_prune.weights[0]):
+        return PrunedModel(
+            to_prune,
+            pruning_schedule,
+            block_size=block_size,
+            block_pooling_type=block_pooling_type,
+            sparsity_m_by_n=sparsity_m_by_n,
+            weight_indices=None if layers is None and exclude is None else indices,
+            name=f"pruned_{to_prune.name}",
+        )
+
+
+def strip_pruning(model):
+    """Returns the plain Keras model inside a pruned model, with identical outputs.
+
+    The pruned weights are already zero in the variables, so only the mask
+    constraints are removed; the result holds no tfcompress classes. Any other
+    model is returned unchanged.
+
+    Args:
+        model: A `PrunedModel` (or any model).
+
+    Returns:
+        A plain `keras.Model`.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> type(strip_pruning(prune_low_magnitude(m))).__name__
+        'Sequential'
+    """
+    if isinstance(model, PrunedModel):
+        return model.strip()
+    return model
+
+
+def get_sparsity(model):
+    """Fraction of exact zeros of every prunable weight of `model`.
+
+    Args:
+        model: Any Keras model, pruned, stripped or not.
+
+    Returns:
+        `{weight name: fraction of zeros}`, e.g. `{"dense/kernel": 0.8}`.
+    """
+    if isinstance(model, PrunedModel):
+        model = model.model
+    candidates = _candidates(model)
+    names = _weight_names(candidates)
+    out = {}
+    for name, (_, _, variable) in zip(names, candidates):
+        values = keras.ops.convert_to_numpy(variable.value)
+        out[name] = float((values == 0).mean())
+    return out

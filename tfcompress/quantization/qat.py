@@ -1,0 +1,508 @@
+"""Quantization-aware training for Keras 3 models: `quantize_model`.
+
+Sequential and Functional models are rebuilt layer by layer (their graph is
+known): BatchNorm is folded into the preceding Conv/Dense, a following ReLU/ReLU6
+is fused into it, model inputs and the outputs of float layers get one shared
+range per tensor. Subclassed models are copied and their layer attributes are
+replaced by quantized wrappers in place, inside a `QuantizedModel` that re-applies
+the same replacement when a `.keras` file is loaded.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+
+from tfcompress._serialization import register
+from tfcompress.quantization import folding, registry
+from tfcompress.quantization.config import QuantizeConfig
+from tfcompress.quantization.layers import ActivationQuantizer, QuantizeWrapper
+
+
+def quantize_model(model, *, layer_configs=None, preserve_sparsity=True, fully_int8=False):
+    """Returns a copy of `model` that trains with int8 fake quantization.
+
+    The copy trains with plain `fit` (any optimizer, callbacks, distribution
+    strategy) and converts with `tfc.export.to_tflite(qat, quantization="int8")`
+    to a TFLite file with int8 kernels, without representative data. `model`
+    itself is not modified.
+
+    Args:
+        model: a built Keras 3 model: Sequential, Functional or subclassed (a
+            subclassed model must be re-creatable from `get_config()`).
+        layer_configs: optional dict mapping layer names to `QuantizeConfig`;
+            `QuantizeConfig(mode="float")` leaves a layer in float.
+        preserve_sparsity: keep exact zeros of kernels (e.g. from pruning) at
+            zero during QAT.
+        fully_int8: raise instead of warning when a layer would stay float.
+
+    Returns:
+        A Keras model: Functional for Sequential/Functional inputs, a
+        `QuantizedModel` for subclassed ones.
+
+    Raises:
+        ValueError: if `model` is not a built Keras model, is already
+            quantized, has no quantizable layer, `layer_configs` names unknown
+            layers or holds non-`QuantizeConfig` values, or `fully_int8` is set
+            and some layers would stay float (they are named).
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+        >>> qat = quantize_model(model)
+        >>> qat.compile("adam", "sparse_categorical_crossentropy")
+
+    Reference:
+        Jacob et al., "Quantization and Training of Neural Networks for Efficient
+        Integer-Arithmetic-Only Inference", CVPR 2018.
+    """
+    _check_model(model)
+    _check_layer_configs(layer_configs)
+    if _is_graph_model(model):
+        rewriter = _GraphRewriter(model, layer_configs or {}, preserve_sparsity, True)
+        return rewriter.run(fully_int8)
+    paths = _resolve_subclassed(model, layer_configs or {}, preserve_sparsity, fully_int8)
+    return QuantizedModel(_copy_subclassed(model), layer_configs=paths)
+
+
+def fold_batch_norms(model):
+    """Returns a float copy of `model` with each BatchNorm folded into its producer.
+
+    A BatchNormalization whose only input is the output of a Dense, Conv,
+    DepthwiseConv or SeparableConv (with linear activation, used nowhere else)
+    is removed and the producer's kernel and bias absorb it. In inference mode
+    the result computes the same function; it is what `quantize_model` trains.
+
+    Args:
+        model: a built Sequential or Functional model.
+
+    Returns:
+        A Functional model without the folded BatchNormalization layers.
+
+    Raises:
+        ValueError: if `model` is not a built Sequential or Functional model.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+        ...                           keras.layers.BatchNormalization()])
+        >>> len(fold_batch_norms(model).layers)
+        2
+    """
+    _check_model(model)
+    if not _is_graph_model(model):
+        raise ValueError(
+            "fold_batch_norms needs a Sequential or Functional model (a known graph). "
+            f"Received: model={model}"
+        )
+    return _GraphRewriter(model, {}, False, False).run(False)
+
+
+def is_quantized(model):
+    """Whether `model` contains fake-quantized layers made by `quantize_model`."""
+    if isinstance(model, QuantizedModel):
+        return True
+    return any(
+        isinstance(layer, (QuantizeWrapper, ActivationQuantizer))
+        for layer in model._flatten_layers(include_self=False)
+    )
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a Keras 3 model. Received: model={model}")
+    if not model.built:
+        raise ValueError(
+            "`model` must be built (call it on data or give it an Input) before "
+            f"quantization. Received: model={model.name} (not built)"
+        )
+    if is_quantized(model):
+        raise ValueError(
+            f"`model` is already quantized; quantize the float model. Received: model={model.name}"
+        )
+
+
+def _check_layer_configs(layer_configs):
+    if layer_configs is None:
+        return
+    if not isinstance(layer_configs, dict):
+        raise ValueError(
+            "`layer_configs` must be a dict of QuantizeConfig. "
+            f"Received: layer_configs={layer_configs}"
+        )
+    for name, config in layer_configs.items():
+        if not isinstance(config, QuantizeConfig):
+            raise ValueError(
+                f"`layer_configs[{name!r}]` must be a QuantizeConfig. "
+                f"Received: layer_configs={layer_configs}"
+            )
+
+
+def _check_names(names, layer_configs):
+    unknown = sorted(set(layer_configs) - set(names))
+    if unknown:
+        raise ValueError(
+            f"`layer_configs` names layers not in the model: {unknown}. "
+            f"Received: layer_configs={layer_configs}"
+        )
+
+
+def _is_graph_model(model):
+    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+
+
+def _has_zeros(layer):
+    kind = registry.weighted_kind(layer)
+    return any(np.any(getattr(layer, attr).numpy() == 0) for attr in kind.kernels)
+
+
+def _resolved_config(layer, layer_configs, preserve_sparsity):
+    config = layer_configs.get(layer.name) or QuantizeConfig()
+    if config.preserve_sparsity and not (preserve_sparsity and _has_zeros(layer)):
+        # Masks cost memory and time: only kernels with zeros need one.
+        config = QuantizeConfig(**{**config.get_config(), "preserve_sparsity": False})
+    return config
+
+
+def _report_float(unsupported, opted_out, fully_int8):
+    if fully_int8 and (unsupported or opted_out):
+        raise ValueError(
+            "These layers would stay float in a model asked to be fully int8: "
+            f"{unsupported + opted_out}. Received: fully_int8=True"
+        )
+    if unsupported:
+        warnings.warn(
+            f"Leaving these layers in float (no int8 support): {unsupported}. TFLite runs "
+            "them in float between dequantize/quantize ops; pass "
+            'QuantizeConfig(mode="float") for them to silence this.',
+            stacklevel=3,
+        )
+
+
+def _copy_layer(layer, bn=None, activation=None):
+    """A fresh copy of a built layer with its weights, optionally folded/fused."""
+    config = layer.get_config()
+    if bn is not None:
+        config["use_bias"] = True
+    if activation is not None:
+        config["activation"] = activation
+    copy = layer.__class__.from_config(config)
+    copy.build_from_config(layer.get_build_config())
+    if bn is None:
+        copy.set_weights(layer.get_weights())
+        return copy
+    kind = registry.weighted_kind(layer)
+    for attr in kind.kernels[:-1]:
+        getattr(copy, attr).assign(getattr(layer, attr))
+    last = kind.kernels[-1]
+    bias = None if layer.bias is None else layer.bias.numpy()
+    kernel, bias = folding.fold_batch_norm(
+        getattr(layer, last).numpy(), bias, bn, depthwise=kind.depthwise
+    )
+    getattr(copy, last).assign(kernel)
+    copy.bias.assign(bias)
+    return copy
+
+
+def _sole_consumer(layer, model_output_ids):
+    """The one layer that consumes `layer`'s output, if there is exactly one."""
+    if len(layer._inbound_nodes) != 1 or len(layer._outbound_nodes) != 1:
+        return None
+    if id(layer.output) in model_output_ids:
+        return None
+    node = layer._outbound_nodes[0]
+    if len(node.input_tensors) != 1:
+        return None
+    return node.operation
+
+
+class _GraphRewriter:
+    """Rebuilds a Sequential/Functional model with quantized (or folded) layers."""
+
+    def __init__(self, model, layer_configs, preserve_sparsity, quantize):
+        self.model = (
+            model
+            if type(model).__name__ == "Functional"
+            else keras.Model(model.inputs, model.outputs, name=model.name)
+        )
+        self.quantize = quantize
+        self.plan = {}
+        self.float_names = []
+        self.opted_out = []
+        self.n_quantized = 0
+        _check_names([layer.name for layer in self.model.layers], layer_configs)
+        self._make_plan(layer_configs, preserve_sparsity)
+        self.copies = {}
+        self.quantized_ids = set()
+        self.input_quantizers = {}
+
+    def _make_plan(self, layer_configs, preserve_sparsity):
+        output_ids = {id(t) for t in self.model.outputs}
+        for layer in self.model.layers:
+            if id(layer) in self.plan:
+                continue
+            role = registry.role(layer)
+            config = layer_configs.get(layer.name)
+            opted_out = config is not None and config.mode == "float"
+            if role == "weighted":
+                self._plan_weighted(layer, layer_configs, preserve_sparsity, output_ids)
+            elif role in ("merge", "activation", "ranged") and self.quantize and not opted_out:
+                self.plan[id(layer)] = ("wrap", config or QuantizeConfig())
+            else:
+                self.plan[id(layer)] = ("copy",)
+                if self.quantize and role != "pass":
+                    (self.opted_out if opted_out else self.float_names).append(layer.name)
+
+    def _plan_weighted(self, layer, layer_configs, preserve_sparsity, output_ids):
+        kind = registry.weighted_kind(layer)
+        config = _resolved_config(layer, layer_configs, preserve_sparsity)
+        linear = registry.activation_name(layer) == "linear"
+        nxt = _sole_consumer(layer, output_ids) if linear else None
+        bn = None
+        if (
+            kind.foldable
+            and isinstance(nxt, keras.layers.BatchNormalization)
+            and folding.can_fold(nxt, len(layer.output.shape))
+        ):
+            bn, nxt = nxt, _sole_consumer(nxt, output_ids)
+            self.plan[id(bn)] = ("absorbed",)
+        act = None
+        if (
+            self.quantize
+            and config.mode == "int8"
+            and linear
+            and nxt is not None
+            and registry.role(nxt) == "activation"
+            and registry.activation_name(nxt) in ("relu", "relu6")
+        ):
+            act = registry.activation_name(nxt)
+            self.plan[id(nxt)] = ("absorbed",)
+        quantized = self.quantize and config.mode == "int8"
+        if self.quantize and not quantized:
+            self.opted_out.append(layer.name)
+        self.n_quantized += quantized
+        self.plan[id(layer)] = ("weighted", config if quantized else None, bn, act)
+
+    def run(self, fully_int8):
+        if self.quantize:
+            if not self.n_quantized:
+                raise ValueError(
+                    "`model` has no layer that QAT can quantize (Dense, Conv1D/2D/3D, "
+                    "DepthwiseConv, SeparableConv, RBM). Received: model="
+                    f"{self.model.name} with layers {[layer.name for layer in self.model.layers]}"
+                )
+            _report_float(self.float_names, self.opted_out, fully_int8)
+        return keras.models.clone_model(
+            self.model, clone_function=lambda layer: layer, call_function=self._call
+        )
+
+    def _call(self, layer, *args, **kwargs):
+        action = self.plan[id(layer)]
+        if action[0] == "absorbed":
+            return args[0]
+        if action[0] == "copy":
+            out = self._copy(layer)(*args, **kwargs)
+            if self._all_quantized(args[0]) and registry.role(layer) == "pass":
+                self.quantized_ids.add(id(out))
+            return out
+        if action[0] == "weighted" and action[1] is None:
+            return self._copy(layer, action[2], action[3])(*args, **kwargs)
+        inputs = self._quantized_inputs(args[0])
+        if id(layer) not in self.copies:
+            if action[0] == "weighted":
+                copy = _copy_layer(layer, bn=action[2], activation=action[3])
+                self.copies[id(layer)] = QuantizeWrapper(copy, action[1])
+            else:
+                self.copies[id(layer)] = QuantizeWrapper(_copy_layer(layer), action[1])
+        out = self.copies[id(layer)](inputs)
+        self.quantized_ids.add(id(out))
+        return out
+
+    def _copy(self, layer, bn=None, activation=None):
+        if id(layer) not in self.copies:
+            self.copies[id(layer)] = _copy_layer(layer, bn=bn, activation=activation)
+        return self.copies[id(layer)]
+
+    def _all_quantized(self, inputs):
+        items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        return all(id(x) in self.quantized_ids for x in items)
+
+    def _quantized_inputs(self, inputs):
+        if isinstance(inputs, (list, tuple)):
+            return [self._quantized_inputs(x) for x in inputs]
+        if id(inputs) in self.quantized_ids:
+            return inputs
+        if id(inputs) not in self.input_quantizers:
+            quantizer = ActivationQuantizer()
+            out = quantizer(inputs)
+            self.quantized_ids.add(id(out))
+            self.input_quantizers[id(inputs)] = out
+        return self.input_quantizers[id(inputs)]
+
+
+def _layer_slots(obj, prefix=""):
+    """Yields ``(path, owner, attribute, index, layer)`` for layers held as attributes."""
+    for name, value in sorted(vars(obj).items()):
+        if name.startswith("_") or name == "model" and isinstance(obj, QuantizedModel):
+            continue
+        if isinstance(value, keras.layers.Layer):
+            yield f"{prefix}{name}", obj, name, None, value
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if isinstance(item, keras.layers.Layer):
+                    yield f"{prefix}{name}.{i}", obj, name, i, item
+
+
+def _walk_subclassed(obj, prefix=""):
+    """Yields ``(path, owner, attribute, index, layer, role)`` over nested layers."""
+    for path, owner, name, index, layer in _layer_slots(obj, prefix):
+        if isinstance(layer, (QuantizeWrapper, ActivationQuantizer)):
+            continue
+        role = registry.role(layer)
+        if role is None and _is_graph_model(layer):
+            role = "graph"
+        if role is None and layer._layers:
+            yield from _walk_subclassed(layer, f"{path}/")
+            if not layer._trainable_variables and not layer._non_trainable_variables:
+                continue
+        yield path, owner, name, index, layer, role
+
+
+def _resolve_subclassed(model, layer_configs, preserve_sparsity, fully_int8):
+    """Per attribute path, the QuantizeConfig of each layer to quantize."""
+    slots = list(_walk_subclassed(model))
+    names = [slot[4].name for slot in slots]
+    for slot in slots:
+        if slot[5] == "graph":
+            names += [layer.name for layer in slot[4]._flatten_layers(include_self=False)]
+    _check_names(names, layer_configs)
+    resolved, unsupported, opted_out, n_weighted = {}, [], [], 0
+    for path, _, _, _, layer, role in slots:
+        config = layer_configs.get(layer.name) or QuantizeConfig()
+        if config.mode == "float":
+            opted_out.append(layer.name)
+            continue
+        if role in (None, "batchnorm"):
+            unsupported.append(layer.name)
+            continue
+        if role == "pass":
+            continue
+        if role == "graph":
+            n_weighted += any(
+                registry.role(sub) == "weighted"
+                for sub in layer._flatten_layers(include_self=False)
+            )
+        elif role == "weighted":
+            n_weighted += 1
+            config = _resolved_config(layer, layer_configs, preserve_sparsity)
+        resolved[path] = config
+    if not n_weighted:
+        raise ValueError(
+            "`model` has no layer that QAT can quantize (Dense, Conv1D/2D/3D, DepthwiseConv, "
+            f"SeparableConv, RBM). Received: model={model.name}"
+        )
+    _report_float(unsupported, opted_out, fully_int8)
+    return resolved
+
+
+def _copy_subclassed(model):
+    try:
+        config = keras.saving.serialize_keras_object(model)
+        copy = keras.saving.deserialize_keras_object(
+            config, custom_objects={type(model).__name__: type(model)}
+        )
+        if not copy.built:
+            copy.build_from_config(model.get_build_config())
+        copy.set_weights(model.get_weights())
+    except (NotImplementedError, TypeError, ValueError) as error:
+        raise ValueError(
+            "A subclassed model must be re-creatable from get_config() (and built) to be "
+            f"copied for QAT: {error}. Received: model={model.name}"
+        ) from error
+    return copy
+
+
+@register
+class QuantizedModel(keras.Model):
+    """A subclassed Keras model whose layers were replaced by quantized wrappers.
+
+    Made by `quantize_model` for subclassed models. The user's `call` runs
+    unchanged: its layer attributes now hold `QuantizeWrapper`s (or quantized
+    Functional sub-models). The configuration stores the inner model's own
+    config and the quantized attribute paths, so loading a `.keras` file
+    re-creates the inner model and replaces the same attributes again.
+
+    Args:
+        model: a built subclassed model; modified in place.
+        layer_configs: dict mapping attribute paths (``"dense"``,
+            ``"blocks.0"``, ``"encoder/dense"``) to the `QuantizeConfig` of the
+            layer there.
+        **kwargs: base `Model` arguments.
+
+    Raises:
+        ValueError: if `model` is not a built Keras model or a path is unknown.
+
+    Example:
+        >>> qat = quantize_model(my_subclassed_model)  # doctest: +SKIP
+        >>> isinstance(qat, QuantizedModel)  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, model, layer_configs=None, **kwargs):
+        if not isinstance(model, keras.Model) or not model.built:
+            raise ValueError(f"`model` must be a built Keras model. Received: model={model}")
+        super().__init__(**kwargs)
+        self.layer_configs = dict(layer_configs or {})
+        slots = {slot[0]: slot for slot in _walk_subclassed(model)}
+        unknown = sorted(set(self.layer_configs) - set(slots))
+        if unknown:
+            raise ValueError(
+                f"`layer_configs` names unknown attribute paths {unknown}. "
+                f"Received: layer_configs={layer_configs}"
+            )
+        for path, config in self.layer_configs.items():
+            _replace(slots[path], config)
+        self.model = model
+        self.build(model.get_build_config()["input_shape"])
+
+    def build(self, input_shape):
+        # Everything was built with the inner model; recording the shape lets
+        # export and `.keras` loading see the input signature.
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def get_config(self):
+        config = {
+            "model": keras.saving.serialize_keras_object(self.model),
+            "layer_configs": {
+                path: keras.saving.serialize_keras_object(config)
+                for path, config in self.layer_configs.items()
+            },
+        }
+        return {**super().get_config(), **config}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        config["layer_configs"] = {
+            path: keras.saving.deserialize_keras_object(value)
+            for path, value in config["layer_configs"].items()
+        }
+        return cls(**config)
+
+
+def _replace(slot, config):
+    path, owner, name, index, layer, role = slot
+    if role == "graph":
+        new = quantize_model(layer) if config.mode == "int8" else layer
+    else:
+        new = QuantizeWrapper(layer, config, quantize_inputs=True)
+        new.build((layer.get_build_config() or {}).get("input_shape"))
+    if index is None:
+        owner._tracker.untrack(layer)
+        setattr(owner, name, new)
+    else:
+        container = getattr(owner, name)
+        container.pop(index)
+        container.insert(index, new)
