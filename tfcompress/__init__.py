@@ -8,17 +8,19 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tfcompress import clustering  # noqa: E402
-from tfcompress import datasets  # noqa: E402
-from tfcompress import dbn  # noqa: E402
-from tfcompress import distill  # noqa: E402
-from tfcompress import distribute  # noqa: E402
-from tfcompress import export  # noqa: E402
-from tfcompress import factorization  # noqa: E402
-from tfcompress import pruning  # noqa: E402
-from tfcompress import quantization  # noqa: E402
-from tfcompress import rbm  # noqa: E402
-from tfcompress import report  # noqa: E402
+from tfcompress import (  # noqa: E402
+    clustering,
+    datasets,
+    dbn,
+    distill,
+    distribute,
+    export,
+    factorization,
+    pruning,
+    quantization,
+    rbm,
+    report,
+)
 from tfcompress.dbn import DBN  # noqa: E402
 from tfcompress.distill import Distiller  # noqa: E402
 from tfcompress.rbm import RBM  # noqa: E402
