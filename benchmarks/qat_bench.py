@@ -6,7 +6,9 @@ Prints, for a digits MLP (64-256-128-10) and a small CNN with BatchNorm:
 float accuracy, PTQ int8 accuracy/size, QAT int8 accuracy/size, agreement of the
 QAT TFLite file with the QAT Keras model, LiteRT latency int8 vs float; then the
 training overhead of QAT over plain training on an MLP 784-1024-1024-10 at batch
-256. The tfmot anchors (legacy Keras) run in a subprocess in the same run.
+256. The tfmot anchors (legacy Keras: float, PTQ int8 and QAT int8 accuracy and
+size on the same digits split, QAT training overhead) run in a subprocess in the
+same run.
 """
 
 import json
@@ -141,23 +143,23 @@ import json, os, time, tempfile
 import numpy as np
 import tensorflow_model_optimization as tfmot
 import tensorflow as tf
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 k = tf.keras
 FLOAT_EPOCHS, QAT_EPOCHS = {float_epochs}, {qat_epochs}
-d = load_digits()
-x = (d.data / 16.0).astype(np.float32)
-x, x_test, y, y_test = train_test_split(x, d.target, test_size=0.2, random_state=0,
-                                        stratify=d.target)
+# The same split as tfcompress's run (tfc.datasets.load_digits), saved by the parent.
+data = np.load({data_path!r})
+x, y, x_test, y_test = data["x"], data["y"], data["x_test"], data["y_test"]
 loss = k.losses.SparseCategoricalCrossentropy(from_logits=True)
 def mlp(shape=(64,), hidden=(256, 128)):
     tf.keras.utils.set_random_seed(0)
     layers = [k.Input(shape)] + [k.layers.Dense(h, activation="relu") for h in hidden]
     return k.Sequential(layers + [k.layers.Dense(10)])
-def size(model, **kw):
+def size(model, quant=False, representative=None):
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    if kw:
+    if quant:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if representative is not None:
+        conv.representative_dataset = lambda: ([row[None]] for row in representative)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     return conv.convert()
 def lite_acc(blob):
     it = tf.lite.Interpreter(model_content=blob)
@@ -173,12 +175,13 @@ m = mlp()
 m.compile(k.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
 m.fit(x, y, epochs=FLOAT_EPOCHS, batch_size=32, verbose=0)
 float_acc = m.evaluate(x_test, y_test, verbose=0)[1]
+ptq = size(m, quant=True, representative=x[:300])
 q = tfmot.quantization.keras.quantize_model(m)
 q.compile(k.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
 q.fit(x, y, epochs=QAT_EPOCHS, batch_size=32, verbose=0)
 blob = size(q, quant=True)
-out = dict(float_acc=float_acc, qat_acc=lite_acc(blob), qat_bytes=len(blob),
-           float_bytes=len(size(m)))
+out = dict(float_acc=float_acc, ptq_acc=lite_acc(ptq), ptq_bytes=len(ptq),
+           qat_acc=lite_acc(blob), qat_bytes=len(blob), float_bytes=len(size(m)))
 rng = np.random.default_rng(0)
 bx = rng.uniform(size=(4096, 784)).astype(np.float32)
 by = rng.integers(0, 10, 4096)
@@ -200,8 +203,11 @@ print(json.dumps(out))
 """
 
 
-def tfmot_anchor():
-    code = TFMOT_CODE.format(float_epochs=FLOAT_EPOCHS, qat_epochs=QAT_EPOCHS)
+def tfmot_anchor(digits):
+    (x, y), (x_test, y_test) = digits
+    data_path = os.path.join(tempfile.mkdtemp(prefix="qat-bench-"), "digits.npz")
+    np.savez(data_path, x=x, y=y, x_test=x_test, y_test=y_test)
+    code = TFMOT_CODE.format(float_epochs=FLOAT_EPOCHS, qat_epochs=QAT_EPOCHS, data_path=data_path)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
@@ -243,11 +249,12 @@ def main():
         f"plain {ours['plain_s']:.3f} s/epoch, QAT {ours['qat_s']:.3f} s/epoch, "
         f"ratio {ours['ratio']:.2f}x"
     )
-    anchor = tfmot_anchor()
+    anchor = tfmot_anchor(digits)
     print(f"tfmot anchor (same run, legacy Keras subprocess): {json.dumps(anchor)}")
     if "error" not in anchor:
         print(
-            f"tfmot QAT digits MLP: float {100 * anchor['float_acc']:.2f}, QAT int8 "
+            f"tfmot QAT digits MLP: float {100 * anchor['float_acc']:.2f}, PTQ int8 "
+            f"{100 * anchor['ptq_acc']:.2f} ({anchor['ptq_bytes']} bytes), QAT int8 "
             f"{100 * anchor['qat_acc']:.2f}, {anchor['qat_bytes']} bytes "
             f"(float file {anchor['float_bytes']}); overhead ratio {anchor['ratio']:.2f}x"
         )

@@ -141,15 +141,13 @@ def main():
             f"params {row['params']:>7,}, accuracy {100 * (row['accuracy'] - ref['accuracy']):+.2f}"
             " points"
         )
-    best = max(
-        (n for n in figures if n.startswith(f"{CLUSTERS} clusters") and n.endswith("ft")),
-        key=lambda n: figures[n]["accuracy"],
-    )
-    ratio = ref["gzip_bytes"] / figures[best]["gzip_bytes"]
-    loss = 100 * (ref["accuracy"] - figures[best]["accuracy"])
-    verdict = "met" if ratio >= 4 and loss <= 0.5 else "NOT met"
-    print(f"goal (>= 4x gzip at <= 0.5 points loss, {best}): {ratio:.2f}x smaller, "
-          f"{loss:.2f} points lost (negative: gained) -> {verdict}")
+    clustered_float = [f"{CLUSTERS} clusters {init} ft" for init in stripped]
+    for name in clustered_float:  # the goal is about clustering alone: float32 files
+        ratio = ref["gzip_bytes"] / figures[name]["gzip_bytes"]
+        loss = 100 * (ref["accuracy"] - figures[name]["accuracy"])
+        verdict = "met" if ratio >= 4 and loss <= 0.5 else "NOT met"
+        print(f"goal (>= 4x gzip at <= 0.5 points loss), {name}: {ratio:.2f}x smaller, "
+              f"{loss:.2f} points lost (negative: gained) -> {verdict}")
 
     measured = anchor()
     tfmot_ratio = measured["float_gzip"] / measured["clustered_gzip"]

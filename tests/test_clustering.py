@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from conftest import CPU_DEVICES, run_reference, small_mlp
+from conftest import run_reference, small_mlp
 from sklearn.cluster import KMeans
 
 import tfcompress as tfc
@@ -16,14 +16,6 @@ from tfcompress.clustering import (
     kmeans_1d,
     strip_clustering,
 )
-
-
-@pytest.fixture
-def mirrored():
-    """Overrides conftest's: TF's default CPU all-reduce reuses collective keys in every
-    new MirroredStrategy, so a second test training another shape fails; the public
-    helper's strategy reduces onto one device and does not."""
-    return tfc.distribute.strategy(CPU_DEVICES)
 
 
 def _compile(model, lr=1e-3):
@@ -65,6 +57,20 @@ def test_centroid_initialisations():
     assert len(np.unique(plus)) == 8 and np.all(np.isin(plus, values))
     again = init_centroids(values, 8, "kmeans++", np.random.default_rng(3))
     np.testing.assert_array_equal(plus, again)
+
+
+@pytest.mark.parametrize("init", ["linear", "kmeans++", "density"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_wrapper_centroids_are_lloyd_from_the_chosen_initialisation(init, per_channel):
+    model = small_mlp(hidden=(16,))
+    clustered = cluster_weights(model, 6, cluster_centroids_init=init,
+                                cluster_per_channel=per_channel, seed=3)
+    for wrapper, layer in zip(clustered.layers, model.layers):
+        kernel = layer.kernel.numpy().astype("float64")
+        columns = kernel.T if per_channel else kernel.reshape(1, -1)
+        rng = np.random.default_rng(3)  # each wrapper seeds its own generator
+        expected = [kmeans_1d(col, init_centroids(col, 6, init, rng)) for col in columns]
+        np.testing.assert_allclose(wrapper._centroids[0].numpy(), expected, atol=1e-6)
 
 
 # ---------------------------------------------------------------- every layer type
@@ -264,8 +270,10 @@ def test_subclassed_model_clusters_trains_saves_and_strips(digits, tmp_path):
 def test_under_mirrored_strategy(mirrored, digits):
     (x, y), _ = digits
     model = small_mlp(hidden=(24,))
+    assert mirrored.num_replicas_in_sync == 2
     with mirrored.scope():
         clustered = _compile(cluster_weights(model, 5))
+    assert type(clustered.layers[0]._centroids[0].value).__name__ == "MirroredVariable"
     history = clustered.fit(x[:512], y[:512], epochs=2, batch_size=64, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     final = strip_clustering(clustered)

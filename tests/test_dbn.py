@@ -134,6 +134,14 @@ def test_bad_units(units):
         DBN(units)
 
 
+@pytest.mark.parametrize(
+    "kwargs,match", [({"k": 0}, "k=0"), ({"visible": "poisson"}, "visible='poisson'")]
+)
+def test_bad_rbm_arguments_of_a_dbn(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DBN([4, 3], **kwargs)
+
+
 def test_bad_pretrain_and_classifier_arguments():
     dbn = DBN([4], seed=0)
     x = _binary()
@@ -143,9 +151,16 @@ def test_bad_pretrain_and_classifier_arguments():
     bad[0, 0] = 2.0
     with pytest.raises(ValueError, match="Received: x with min"):
         dbn.pretrain(bad, epochs=1, verbose=0)
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        dbn.pretrain(bad, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="optimizer=42"):
+        dbn.pretrain(x, epochs=1, optimizer=42, verbose=0)
     assert not dbn.built
     with pytest.raises(ValueError, match="epochs"):
         dbn.pretrain(x, epochs=[1, 2], verbose=0)
     dbn.pretrain(x, epochs=1, batch_size=32, verbose=0)
     with pytest.raises(ValueError, match="num_classes=1"):
         dbn.to_classifier(1)
+    with pytest.raises(ValueError, match=r"x.shape=\(96, 5\)"):
+        dbn.pretrain(x[:, :5], epochs=1, verbose=0)

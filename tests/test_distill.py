@@ -1,6 +1,7 @@
 """Distiller: loss maths against hand-worked and NumPy values, training, serialization."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -339,10 +340,16 @@ def test_subclassed_student(digits):
     wrong.compile()
     with pytest.raises(ValueError, match="output shape"):
         wrong.compute_loss(x[:4], None, wrong(x[:4]))
+    # The model kind is checked before any layer name (layer names depend on test order).
     teacher = small_mlp(seed=1)
-    with pytest.raises(ValueError, match="Functional or Sequential student"):
-        tfc.Distiller(student=_SubclassedStudent(), teacher=teacher,
-                      feature_layers=[(teacher.layers[0].name, "dense")])
+    for t_name in (teacher.layers[0].name, "no_such_layer"):
+        with pytest.raises(ValueError, match="Functional or Sequential student"):
+            tfc.Distiller(student=_SubclassedStudent(), teacher=teacher,
+                          feature_layers=[(t_name, "dense")])
+    with pytest.raises(ValueError, match="Functional or Sequential teacher"):
+        tfc.Distiller(student=small_mlp(seed=2), teacher=_SubclassedStudent(),
+                      feature_layers=[("dense", teacher.layers[0].name)])
+    assert teacher.trainable  # nothing changed before the errors
 
 
 def test_get_config_round_trip():
@@ -362,13 +369,17 @@ def test_keras_round_trip(tmp_path, digits):
     # A fresh process that imports only tfcompress reloads a Distiller in test_multiworker.py.
     (x, y), _ = digits
     teacher, student = _feature_pair()
+    teacher.compile("adam", SCCE)  # a trained teacher carries its own optimizer state
+    teacher.fit(x[:64], y[:64], batch_size=64, epochs=1, verbose=0)
     d = tfc.Distiller(student=student, teacher=teacher, feature_layers=[("t_hidden", "s_hidden")])
     d.compile(optimizer="adam", metrics=["accuracy"], student_loss_fn=SCCE,
               distillation_loss_fn=keras.losses.KLDivergence(), alpha=0.25, temperature=5,
               feature_weight=0.3)
     d.fit(x[:128], y[:128], batch_size=64, epochs=1, verbose=0)
     d.save(tmp_path / "distiller.keras")
-    clone = keras.saving.load_model(tmp_path / "distiller.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Skipping variable loading for optimizer"
+        clone = keras.saving.load_model(tmp_path / "distiller.keras")
     assert type(clone) is tfc.Distiller
     assert (clone.alpha, clone.temperature, clone.feature_weight) == (0.25, 5.0, 0.3)
     assert isinstance(clone.distillation_loss_fn, keras.losses.KLDivergence)
@@ -384,6 +395,7 @@ def test_keras_round_trip(tmp_path, digits):
     for key, value in logs.items():
         assert clone_logs[key] == pytest.approx(value, rel=1e-5)
     # Training resumes with the restored optimizer state.
+    assert len(clone.optimizer.variables) == len(d.optimizer.variables)
     for a, b in zip(clone.optimizer.variables, d.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 

@@ -43,6 +43,21 @@ def test_strategy_unknown_devices(devices):
         tfc.distribute.strategy(devices)
 
 
+def test_strategies_in_one_process_keep_collectives_apart():
+    """Plain MirroredStrategy objects reuse collective keys: a second all-reduce of another
+    shape aborts every collective in the process ("Shape mismatch in the collective
+    instance 100"). Each strategy made by the helper has keys of its own."""
+    shapes = [((3,), "float32"), ((2, 2), "int32"), ((5,), "float32")]
+    for shape, dtype in shapes:
+        s = tfc.distribute._mirrored(CPU_DEVICES)  # default cross-device ops, as on GPUs
+        assert type(s.extended._cross_device_ops).__name__ == "CollectiveAllReduce"
+        step = tf.function(lambda s=s, shape=shape, dtype=dtype: s.run(
+            lambda: tf.distribute.get_replica_context().all_reduce("SUM", tf.ones(shape, dtype))
+        ))
+        for value in s.experimental_local_results(step()):
+            np.testing.assert_array_equal(value.numpy(), np.full(shape, 2))
+
+
 def test_tf_config_and_is_chief(monkeypatch):
     workers = ["127.0.0.1:2222", "127.0.0.1:2223"]
     config = json.loads(tfc.distribute.tf_config(workers, 1))
@@ -109,19 +124,8 @@ def _one_step(strategy, mode, x, y, w):
     return [v.numpy() for v in d.trainable_variables], logs
 
 
-@pytest.fixture
-def mirrored_cpus():
-    """MirroredStrategy over the two logical CPUs, from the public helper.
-
-    Not conftest's `mirrored`: TF's default CPU all-reduce reuses collective instance keys in
-    every new strategy, so tests training models of different shapes in one process fail.
-    """
-    return tfc.distribute.strategy(CPU_DEVICES)
-
-
 @pytest.mark.parametrize("mode", ["logits", "features", "fed"])
-def test_distiller_replica_parity(mirrored_cpus, digits, mode):
-    mirrored = mirrored_cpus
+def test_distiller_replica_parity(mirrored, digits, mode):
     (x, y), _ = digits
     x, y = x[:32], y[:32]
     w = np.random.default_rng(0).uniform(0.5, 1.5, len(x)).astype("float32")
@@ -148,9 +152,8 @@ def _one_step_start(mode):
     return [v.numpy() for v in d.trainable_variables]
 
 
-def test_compute_loss_is_scaled_per_replica(mirrored_cpus, digits):
+def test_compute_loss_is_scaled_per_replica(mirrored, digits):
     """Summed over the two replicas, compute_loss gives the one-device loss of the batch."""
-    mirrored = mirrored_cpus
     (x, y), _ = digits
     x, y = x[:16], y[:16]
     with mirrored.scope():
@@ -167,7 +170,7 @@ def test_compute_loss_is_scaled_per_replica(mirrored_cpus, digits):
     assert sum(parts) == pytest.approx(whole, rel=1e-5)
 
 
-def test_multi_worker_fix_leaves_local_training_unchanged(monkeypatch, mirrored_cpus, digits):
+def test_multi_worker_fix_leaves_local_training_unchanged(monkeypatch, mirrored, digits):
     """The Keras fix installed by multi_worker_strategy is idempotent and harmless locally."""
     from keras.src.backend.tensorflow import trainer
 
@@ -183,7 +186,7 @@ def test_multi_worker_fix_leaves_local_training_unchanged(monkeypatch, mirrored_
     (x, y), _ = digits
     w = np.ones(32, "float32")
     single, single_logs = _one_step(tf.distribute.get_strategy(), "logits", x[:32], y[:32], w)
-    double, double_logs = _one_step(mirrored_cpus, "logits", x[:32], y[:32], w)
+    double, double_logs = _one_step(mirrored, "logits", x[:32], y[:32], w)
     for a, b in zip(single, double):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert double_logs["loss"] == pytest.approx(single_logs["loss"], rel=1e-5)

@@ -3,19 +3,11 @@
 import keras
 import numpy as np
 import pytest
-from conftest import CPU_DEVICES, small_mlp
+from conftest import small_mlp
 from sklearn.decomposition import PCA as SkPCA
 
 import tfcompress as tfc
 from tfcompress.factorization import PCA, energy_rank, low_rank, low_rank_report, truncated_svd
-
-
-@pytest.fixture
-def mirrored():
-    """Overrides conftest's: TF's default CPU all-reduce reuses collective keys in every
-    new MirroredStrategy, so a second test training another shape fails; the public
-    helper's strategy reduces onto one device and does not."""
-    return tfc.distribute.strategy(CPU_DEVICES)
 
 
 def _compile(model, lr=1e-3):
@@ -128,6 +120,12 @@ def test_low_rank_functional_conv_per_layer_dict(digits_image):
     assert small.get_layer("c2_u").kernel.shape == (3, 3, 16, 4)
     assert small.get_layer("c2_v").kernel.shape == (1, 1, 4, 24)
     assert small.get_layer("c2_v").strides == (1, 1) and small.get_layer("c2_u").strides == (2, 2)
+    lite = tfc.export.LiteModel(tfc.export.to_tflite(small))
+    np.testing.assert_allclose(lite.predict(x[:40]), small.predict(x[:40], verbose=0), atol=1e-4)
+    int8 = tfc.export.LiteModel(
+        tfc.export.to_tflite(small, quantization="int8", representative_data=x[:100])
+    )
+    assert int8.is_fully_int8()
 
 
 def test_low_rank_fine_tunes_saves_and_exports(digits, tmp_path):
@@ -255,8 +253,11 @@ def test_low_rank_bad_input(kwargs, match):
 def test_low_rank_under_mirrored_strategy(mirrored, digits):
     (x, y), _ = digits
     model = small_mlp(hidden=(32,))
+    assert mirrored.num_replicas_in_sync == 2
     with mirrored.scope():
         small = _compile(low_rank(model, rank={model.layers[0].name: 4}))
+    first = small.get_layer(f"{model.layers[0].name}_u")
+    assert type(first.kernel.value).__name__ == "MirroredVariable"
     history = small.fit(x[:512], y[:512], epochs=2, batch_size=64, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
 
@@ -307,6 +308,7 @@ def test_pca_adapts_from_dataset_and_under_mirrored(mirrored, digits):
         pca = PCA(12)
         pca.adapt(tf.data.Dataset.from_tensor_slices((x, y)).batch(100))
         model = _compile(keras.Sequential([keras.Input((64,)), pca, keras.layers.Dense(10)]))
+    assert type(pca.components.value).__name__ == "MirroredVariable"
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)
     reference = SkPCA(12, svd_solver="full").fit(x.astype("float64"))
     np.testing.assert_allclose(pca.mean.numpy(), reference.mean_, atol=1e-6)

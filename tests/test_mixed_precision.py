@@ -1,9 +1,10 @@
 """Every tfcompress training path under mixed_float16 and mixed_bfloat16.
 
-Each path trains through the public API with the global policy set, keeps its
-variables (weights, masks, quantization ranges, centroids, RBM statistics) in
-float32, reaches the state its technique promises, and exports to TFLite with
-the same predictions as the Keras model.
+Each path (RBM, DBN, pruning, QAT, distillation with logits and features,
+clustering, low-rank, PCA) trains through the public API with the global policy
+set, keeps its variables (weights, masks, quantization ranges, centroids, RBM
+and PCA statistics) in float32, reaches the state its technique promises, and
+exports to TFLite with the same predictions as the Keras model.
 """
 
 import itertools
@@ -120,6 +121,66 @@ def test_distiller_fit(policy, digits):
     loss = d.compute_loss(x[:8], y[:8], d(x[:8]))
     assert loss.dtype == "float32"
     _assert_exports(d.student, x[:128])
+
+
+def test_feature_distillation_fit_and_round_trip(policy, digits, tmp_path):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(24, activation="relu", name="t_hidden")(inputs)
+    teacher = keras.Model(inputs, keras.layers.Dense(10)(h))
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(6, activation="relu", name="s_hidden")(inputs)
+    student = keras.Model(inputs, keras.layers.Dense(10)(h))
+    d = tfc.Distiller(student=student, teacher=teacher, feature_layers=[("t_hidden", "s_hidden")])
+    d.compile(keras.optimizers.Adam(1e-2), student_loss_fn=SCCE)
+    assert d.projections[0].compute_dtype == policy.split("_")[1]
+    history = d.fit(x[:256], y[:256], batch_size=64, epochs=3, verbose=0)
+    _assert_finite_history(history)
+    assert history.history["feature_loss"][-1] < history.history["feature_loss"][0]
+    _assert_float32_state(d)
+    d.save(tmp_path / "d.keras")
+    clone = keras.saving.load_model(tmp_path / "d.keras")
+    assert clone.projections[0].kernel.dtype == "float32"
+    np.testing.assert_array_equal(clone.predict(x[:16], verbose=0), d.predict(x[:16], verbose=0))
+
+
+def test_dbn_pretrain_and_classifier(policy, digits):
+    (x, y), _ = digits
+    v = (x[:128] > 0.5).astype("float32")
+    dbn = tfc.DBN([16, 8], seed=0)
+    histories = dbn.pretrain(v, epochs=1, batch_size=32, verbose=0)
+    assert len(histories) == 2
+    for history in histories:
+        _assert_finite_history(history)
+    _assert_float32_state(dbn)
+    clf = dbn.to_classifier(10)
+    clf.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    _assert_finite_history(clf.fit(x[:128], y[:128], batch_size=64, epochs=1, verbose=0))
+    _assert_float32_state(clf)
+    _assert_exports(clf, x[:128], agree=0.9)
+
+
+def test_low_rank_fit(policy, digits):
+    (x, y), _ = digits
+    small = tfc.factorization.low_rank(small_mlp(hidden=(32,)), rank=4)
+    assert small.count_params() < small_mlp(hidden=(32,)).count_params()
+    small.compile(keras.optimizers.Adam(1e-3), SCCE)
+    _assert_finite_history(small.fit(x[:128], y[:128], batch_size=64, epochs=1, verbose=0))
+    _assert_float32_state(small)
+    _assert_exports(small, x[:128], agree=0.9)
+
+
+def test_pca_fit(policy, digits):
+    (x, y), _ = digits
+    pca = tfc.factorization.PCA(12)
+    pca.adapt(x)
+    model = keras.Sequential([keras.Input((64,)), pca, keras.layers.Dense(10)])
+    assert pca.compute_dtype == policy.split("_")[1]
+    model.compile(keras.optimizers.Adam(1e-3), SCCE)
+    _assert_finite_history(model.fit(x[:128], y[:128], batch_size=64, epochs=1, verbose=0))
+    _assert_float32_state(model)  # mean, components, explained variance
+    _assert_exports(model, x[:128], agree=0.9)
 
 
 def test_clustering_fit(policy, digits):

@@ -31,7 +31,10 @@ def _free_ports(n):
 
 
 def _run_workers(workdir, n=2):
-    """Starts n workers, waits at most TIMEOUT_S for all, always kills leftovers."""
+    """Starts n workers, waits at most TIMEOUT_S for all, always kills leftovers.
+
+    Returns the exit codes; a worker killed at the deadline has code -9.
+    """
     workers = [f"127.0.0.1:{port}" for port in _free_ports(n)]
     procs, logs = [], []
     try:
@@ -54,7 +57,8 @@ def _run_workers(workdir, n=2):
         deadline = time.monotonic() + TIMEOUT_S
         for proc in procs:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        return [proc.returncode for proc in procs]
+    except subprocess.TimeoutExpired:
+        pass  # the workers still running are killed below and report a negative code
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -62,6 +66,7 @@ def _run_workers(workdir, n=2):
                 proc.wait()
         for log in logs:
             log.close()
+    return [proc.returncode for proc in procs]
 
 
 def _tail(workdir, n=2):
@@ -87,7 +92,9 @@ def test_two_workers_distil_identically(tmp_path, digits):
     np.savez(tmp_path / "data.npz", x=x[:1024], y=y[:1024], x_test=x_te)
 
     codes = _run_workers(tmp_path)
-    assert codes == [0, 0], _tail(tmp_path)
+    assert codes == [0, 0], f"exit codes {codes} (-9: killed after {TIMEOUT_S} s)\n" + _tail(
+        tmp_path
+    )
 
     results = [np.load(tmp_path / f"worker_{i}.npz") for i in range(2)]
     for r in results:

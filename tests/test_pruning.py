@@ -1,5 +1,6 @@
 """prune_low_magnitude, strip_pruning, get_sparsity and the callbacks, end to end."""
 
+import collections
 import glob
 import json
 import os
@@ -113,6 +114,15 @@ def test_custom_layer_registry_and_protocol():
         pruning.prune._REGISTRY.pop(0)
     model = keras.Sequential([keras.Input((10,)), ProtocolScale()])
     assert pruning.prune_low_magnitude(model).weight_names == ["protocol_scale/w"]
+
+
+def test_duck_typed_schedule_drives_pruning():
+    # Any `schedule(step) -> (should_prune, sparsity)` works, as tfmot's own objects do.
+    model = small_mlp(hidden=(16,))
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=lambda step: (step % 3 == 0, 0.25))
+    assert [bool(pm.update_masks(t)) for t in range(5)] == [True, False, False, True, False]
+    for variable in pm.pruned_weights:
+        assert _zeros(variable).sum() == _expected_zero_count(int(np.prod(variable.shape)), 0.25)
 
 
 def test_selection_by_name_type_callable_and_exclude():
@@ -311,7 +321,7 @@ def test_keras_round_trip_and_resume_in_fresh_process(tmp_path, digits):
                      same_mask=bool(np.array_equal(pm.masks[0].numpy().ravel(), saved)))
         old_zero = pm.pruned_weights[0].numpy() == 0
         x, y = np.load({str(tmp_path / "x.npy")!r}), np.load({str(tmp_path / "y.npy")!r})
-        pm.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        pm.fit(x, y, epochs=1, batch_size=16, verbose=0)  # steps 20..39, then the update at 40
         w = pm.pruned_weights[0].numpy()
         first.update(final_step=int(pm.pruning_step.numpy()), zeros=int((w == 0).sum()),
                      size=int(w.size), kept_old_zeros=bool((w[old_zero] == 0).all()),
@@ -322,7 +332,7 @@ def test_keras_round_trip_and_resume_in_fresh_process(tmp_path, digits):
     # The update due at step 20 ran when the first fit ended.
     assert out["kind"] == "PrunedModel" and out["step"] == 20 and out["iterations"] == 20
     assert out["same_mask"] and out["kept_old_zeros"]
-    assert out["final_step"] == 40
+    assert out["final_step"] == 40 and out["constrained"] == "_MaskConstraint"
     assert out["zeros"] == _expected_zero_count(out["size"], 0.9)
     reloaded = keras.saving.load_model(path)
     np.testing.assert_allclose(
@@ -393,6 +403,39 @@ def test_mirrored_strategy_parity(mirrored, digits):
         assert (m == 0).any()
 
 
+def _replica_step_op_counts(strategy, model):
+    """Op types in the graph of one distributed training step of `model`."""
+
+    @tf.function
+    def step(x, y):
+        return strategy.run(model.train_step, args=((x, y),))
+
+    graph = step.get_concrete_function(
+        tf.TensorSpec([8, 64]), tf.TensorSpec([8], tf.int64)
+    ).graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return collections.Counter(n.op for n in nodes)
+
+
+def test_mirrored_step_adds_no_all_reduce(mirrored):
+    def step_ops(pruned):
+        with mirrored.scope():
+            model = small_mlp(hidden=(16,))
+        if pruned:
+            model = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot())
+        with mirrored.scope():
+            model.compile(keras.optimizers.SGD(0.1), LOSS)
+            model.optimizer.build(model.trainable_variables)
+        return _replica_step_op_counts(mirrored, model)
+
+    plain, pruned = step_ops(False), step_ops(True)
+    assert plain["AddN"] > 0  # the gradient all-reduce is visible in these counts
+    extra = {op: pruned[op] - plain[op] for op in pruned | plain if pruned[op] != plain[op]}
+    # Per replica and pruned weight: read the mask, multiply, assign. Nothing crosses devices.
+    assert extra["Mul"] == 2 * 2 and extra["AssignVariableOp"] == 2 * 2
+    assert set(extra) <= {"Mul", "AssignVariableOp", "ReadVariableOp", "Placeholder"}, extra
+
+
 def test_strip_pruning_plain_model_identical_outputs(tmp_path, digits):
     (x, y), _ = digits
     model = small_mlp(hidden=(32,))
@@ -435,10 +478,15 @@ def test_tflite_export_keeps_zeros(tmp_path, digits):
 
 def test_fit_without_update_pruning_step_is_handled(digits):
     (x, y), _ = digits
-    pm = pruning.prune_low_magnitude(small_mlp(), pruning_schedule=_one_shot(0.5))
+    schedule = ConstantSparsity(0.5, begin_step=0, frequency=1)
+    pm = pruning.prune_low_magnitude(small_mlp(), pruning_schedule=schedule)
     pm.compile("adam", LOSS)
     pm.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
-    assert int(pm.pruning_step.numpy()) == 0
+    assert int(pm.pruning_step.numpy()) == 2  # steps 0, 1 and the one due when fit ended
+    # A CallbackList is used by `fit` as given: the added callback must still run.
+    callbacks = keras.callbacks.CallbackList([], add_history=True, model=pm)
+    pm.fit(x[:32], y[:32], epochs=1, batch_size=32, verbose=0, callbacks=callbacks)
+    assert int(pm.pruning_step.numpy()) == 3
     plain = small_mlp()
     plain.compile("adam", LOSS)
     with pytest.raises(ValueError, match="UpdatePruningStep needs a model made by"):

@@ -35,15 +35,21 @@ STEPS = list(range(0, 130))
 def tfmot_values():
     code = f"""
     import json
+    import numpy as np
+    import tensorflow as tf
     import tensorflow_model_optimization as tfmot
     S = tfmot.sparsity.keras
+    steps = tf.constant({STEPS!r}, tf.int64)  # tfmot's schedules are elementwise tf ops
+
+    def values(s):
+        should, sparsity = (np.broadcast_to(v.numpy(), steps.shape) for v in s(steps))
+        return [[bool(a), float(b)] for a, b in zip(should, sparsity)]
+
     out = {{"poly": [], "const": [], "config": None}}
     for kw in {POLY_GRID!r}:
-        s = S.PolynomialDecay(**kw)
-        out["poly"].append([[bool(v) for v in (s(t)[0],)] + [float(s(t)[1])] for t in {STEPS!r}])
+        out["poly"].append(values(S.PolynomialDecay(**kw)))
     for kw in {CONST_GRID!r}:
-        s = S.ConstantSparsity(**kw)
-        out["const"].append([[bool(s(t)[0]), float(s(t)[1])] for t in {STEPS!r}])
+        out["const"].append(values(S.ConstantSparsity(**kw)))
     out["config"] = S.PolynomialDecay(**{POLY_GRID[1]!r}).get_config()
     print(json.dumps(out))
     """

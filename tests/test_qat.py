@@ -90,7 +90,7 @@ def test_cnn_with_batchnorm_folds_fuses_and_agrees(digits_image):
 
 
 def test_batchnorm_folding_is_exact():
-    for kind in ["dense", "conv", "depthwise", "separable"]:
+    for kind in ["dense", "conv", "depthwise", "separable", "conv1d", "depthwise1d", "separable1d"]:
         check_folding(kind)
 
 
@@ -101,8 +101,12 @@ def check_folding(kind):
         "conv": lambda: L.Conv2D(6, 3, padding="same"),
         "depthwise": lambda: L.DepthwiseConv2D(3, depth_multiplier=2, padding="same"),
         "separable": lambda: L.SeparableConv2D(6, 3, padding="same"),
+        "conv1d": lambda: L.Conv1D(6, 3, padding="causal", dilation_rate=2),
+        "depthwise1d": lambda: L.DepthwiseConv1D(3, depth_multiplier=2),
+        "separable1d": lambda: L.SeparableConv1D(6, 3, strides=2),
     }[kind]()
-    shape = (5,) if kind == "dense" else (6, 6, 3)
+    shape = {"dense": (5,), "conv1d": (7, 3), "depthwise1d": (7, 3), "separable1d": (7, 3)}
+    shape = shape.get(kind, (6, 6, 3))
     model = keras.Sequential([keras.Input(shape), layer, L.BatchNormalization(), L.ReLU()])
     rng = np.random.default_rng(0)
     bn = model.layers[1]
@@ -140,6 +144,39 @@ def test_zoo_of_layers_is_fully_int8(digits_image):
     assert agree >= 0.97
     expected = {"ADD", "CONCATENATION", "SOFTMAX", "TANH", "MEAN", "CONV_2D", "DEPTHWISE_CONV_2D"}
     assert expected <= lite.ops()
+
+
+def test_one_d_convolutions_are_fully_int8():
+    # 1-D convs run as explicit 2-D ones: the converter cannot expand the dims
+    # of a per-channel quantized kernel.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 4))
+    x = L.Conv1D(8, 3, padding="causal", dilation_rate=2, use_bias=False)(inputs)
+    x = L.ReLU()(L.BatchNormalization()(x))
+    x = L.DepthwiseConv1D(3, depth_multiplier=2, strides=2, activation="relu")(x)
+    x = L.SeparableConv1D(6, 3, padding="same")(x)
+    model = keras.Model(inputs, L.Dense(3)(L.Flatten()(x)))
+    qat = quantize_model(model)
+    wrappers = [layer for layer in qat.layers if isinstance(layer, QuantizeWrapper)]
+    assert [w.per_channel for w in wrappers] == [True, True, True, False]
+    assert wrappers[2].intermediate_quantizer is not None
+    # The dilated conv's fused ReLU gets its own input range (no fusing across
+    # SPACE_TO_BATCH_ND/BATCH_TO_SPACE_ND); the strided one's stays fused.
+    assert wrappers[0].pre_activation_quantizer is not None
+    assert wrappers[1].pre_activation_quantizer is None
+    x = np.random.default_rng(0).normal(size=(64, 16, 4)).astype(np.float32)
+    for _ in range(3):
+        qat(x, training=True)
+    lite = tfc.export.LiteModel(tfc.export.to_tflite(qat, quantization="int8", int8_io=True))
+    assert lite.is_fully_int8(), lite.ops()
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= lite.ops()
+    step, _ = lite.output_details["quantization"]
+    np.testing.assert_allclose(lite.predict(x), qat.predict(x, verbose=0), atol=2 * step)
+    kernel = wrappers[0].quantized_kernels()[0].numpy()  # (1, 3, 4, 8), per output channel
+    for c in range(8):
+        m = np.abs(wrappers[0].layer.kernel.numpy()[..., c]).max()
+        expected = numpy_fake_quant(wrappers[0].layer.kernel.numpy()[..., c], -m, m, True)
+        np.testing.assert_allclose(kernel[0, ..., c], expected, atol=1e-6)
 
 
 def test_rbm_layer_is_quantized(digits):
@@ -307,6 +344,18 @@ class ScaledDense(L.Dense):
         return 2.0 * super().call(x)
 
 
+def test_conv3d_stays_float_with_a_warning():
+    # TFLite has no int8 CONV_3D kernel.
+    model = keras.Sequential(
+        [keras.Input((4, 4, 4, 1)), L.Conv3D(2, 2, name="c3"), L.Flatten(), L.Dense(3)]
+    )
+    with pytest.warns(UserWarning, match="c3"):
+        qat = quantize_model(model)
+    assert type(qat.get_layer("c3")) is L.Conv3D
+    with pytest.raises(ValueError, match=r"\['c3'\]"):
+        quantize_model(model, fully_int8=True)
+
+
 def test_dense_subclass_with_own_call_stays_float():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), L.Dense(3), ScaledDense(2, name="scaled")])
@@ -374,5 +423,10 @@ def test_bad_models():
         quantize_model(small_mlp(), layer_configs={"dense": "float"})
     with pytest.raises(ValueError, match="model="):
         quantize_model("not a model")
+    shell = TwoLayerNet()
+    with pytest.warns(UserWarning):  # Keras: marked built with unbuilt layers
+        shell.build((None, 64))
+    with pytest.raises(ValueError, match=r"layers are not: \['dense"):
+        quantize_model(shell)
     with pytest.raises(ValueError, match="fixed_range"):
         ActivationQuantizer(fixed_range=(0.5, 1.0))

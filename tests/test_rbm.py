@@ -107,6 +107,15 @@ def test_ais_within_one_nat_of_exact_log_partition(binary_digits):
     assert abs(tfc.rbm.ais_log_partition(rbm, 100, 2000, seed=1) - exact) < 1.0
 
 
+def test_ais_matches_exact_log_partition_for_gaussian_visible_units():
+    rbm = _make_rbm(8, 6, "gaussian", scale=0.3, seed=4)
+    exact = tfc.rbm.log_partition(rbm)
+    data = np.random.default_rng(0).normal(0.5, 1.0, (200, 8)).astype("float32")
+    for kwargs in ({"data": data}, {}):
+        estimate = tfc.rbm.ais_log_partition(rbm, num_chains=100, num_betas=1000, **kwargs)
+        assert abs(estimate - exact) < 0.1
+
+
 def test_gibbs_chain_samples_the_model_distribution():
     rbm = _make_rbm(4, 3, scale=1.0, seed=2)
     states = _binary(4)
@@ -140,14 +149,20 @@ def _numpy_cd(v, w, b, c, k, uniforms, visible):
     return (v.T @ ph0 - v_mean.T @ phk) / n, (v - v_mean).mean(0), (ph0 - phk).mean(0)
 
 
-@pytest.mark.parametrize("visible,k", [("bernoulli", 1), ("bernoulli", 3), ("gaussian", 2)])
-def test_fit_step_is_the_cd_k_update(visible, k):
+@pytest.mark.parametrize(
+    "visible,k,sparsity",
+    [("bernoulli", 1, None), ("bernoulli", 3, None), ("gaussian", 2, None),
+     ("bernoulli", 1, (0.1, 0.5))],
+)
+def test_fit_step_is_the_cd_k_update(visible, k, sparsity):
     n, n_vis, n_hid = 12, 6, 4
     rng = np.random.default_rng(0)
     x = (rng.random((n, n_vis)) < 0.4).astype("float32")
     if visible == "gaussian":
         x = rng.normal(size=(n, n_vis)).astype("float32")
-    rbm = _make_rbm(n_vis, n_hid, visible, scale=0.5, seed=7, k=k)
+    target, cost = sparsity or (None, 0.1)
+    rbm = _make_rbm(n_vis, n_hid, visible, scale=0.5, seed=7, k=k, sparsity_target=target,
+                    sparsity_cost=cost)
     w, b, c = _params(rbm)
     model = keras.Sequential([keras.Input((n_vis,)), rbm])
     model.compile(optimizer=keras.optimizers.SGD(1.0))
@@ -161,10 +176,48 @@ def test_fit_step_is_the_cd_k_update(visible, k):
         fn = keras.random.normal if (visible == "gaussian" and i % 2 == 1) else keras.random.uniform
         draws.append(np.asarray(fn(shape, seed=gen), "float64"))
     dw, db, dc = _numpy_cd(x.astype("float64"), w, b, c, k, draws, visible)
+    if target is not None:
+        # minus the gradient of cost * cross-entropy(target, batch-mean p(h|v))
+        ph = _sigmoid(x @ w + c)
+        q = ph.mean(0)
+        d_q = cost * ((1 - target) / (1 - q) - target / q)
+        dw = dw - x.T @ (ph * (1 - ph)) / n * d_q
+        dc = dc - (ph * (1 - ph)).mean(0) * d_q
     new_w, new_b, new_c = _params(rbm)
     np.testing.assert_allclose(new_w - w, dw, atol=2e-5)
     np.testing.assert_allclose(new_b - b, db, atol=2e-5)
     np.testing.assert_allclose(new_c - c, dc, atol=2e-5)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_fit_step_is_the_persistent_cd_update(k):
+    n, n_vis, n_hid, chains = 12, 6, 4, 8
+    x = (np.random.default_rng(1).random((n, n_vis)) < 0.4).astype("float32")
+    rbm = _make_rbm(n_vis, n_hid, scale=0.5, seed=7, k=k, persistent=True, num_chains=chains)
+    w, b, c = _params(rbm)
+    start = np.asarray(rbm.persistent_chains, "float64")
+    model = keras.Sequential([keras.Input((n_vis,)), rbm])
+    model.compile(optimizer=keras.optimizers.SGD(1.0))
+    model.fit(x, epochs=1, batch_size=n, shuffle=False, verbose=0)
+
+    # Draw order: data hiddens (metric only), chain hiddens, k - 1 more
+    # (visible, hidden) steps, then the sampled visible states kept as chains.
+    gen = keras.random.SeedGenerator(7)
+    shapes = [(n, n_hid), (chains, n_hid)] + [(chains, n_vis), (chains, n_hid)] * (k - 1)
+    u = [np.asarray(keras.random.uniform(s, seed=gen), "float64")
+         for s in shapes + [(chains, n_vis)]]
+    h = (u[1] < _sigmoid(start @ w + c)).astype("float64")
+    v_mean = _sigmoid(h @ w.T + b)
+    for step in range(k - 1):
+        v_s = (u[2 + 2 * step] < v_mean).astype("float64")
+        h = (u[3 + 2 * step] < _sigmoid(v_s @ w + c)).astype("float64")
+        v_mean = _sigmoid(h @ w.T + b)
+    ph0, phk = _sigmoid(x @ w + c), _sigmoid(v_mean @ w + c)
+    new_w, new_b, new_c = _params(rbm)
+    np.testing.assert_allclose(new_w - w, x.T @ ph0 / n - v_mean.T @ phk / chains, atol=2e-5)
+    np.testing.assert_allclose(new_b - b, x.mean(0) - v_mean.mean(0), atol=2e-5)
+    np.testing.assert_allclose(new_c - c, ph0.mean(0) - phk.mean(0), atol=2e-5)
+    np.testing.assert_array_equal(rbm.persistent_chains, u[-1] < v_mean)
 
 
 def test_trained_rbm_beats_independent_bernoulli_baseline(binary_digits):
@@ -214,6 +267,7 @@ def test_sparsity_target_lowers_hidden_activity():
     assert means[1] < 0.2 < means[0]
 
 
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")  # visible_bias: unused there
 def test_rbm_inside_a_classifier_adds_no_cd_loss():
     rng = np.random.default_rng(0)
     x = rng.random((32, 8)).astype("float32")
@@ -402,3 +456,25 @@ def test_gaussian_rbm_accepts_unbounded_data_but_not_nan():
     x[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):
         rbm.free_energy(x)
+
+
+def test_bad_arguments_of_functions_and_methods():
+    rbm = _make_rbm(6, 4)
+    x = np.zeros((3, 6), "float32")
+    with pytest.raises(ValueError, match="k=0"):
+        rbm.gibbs(x, k=0)
+    with pytest.raises(ValueError, match="num_chains=0"):
+        tfc.rbm.ais_log_partition(rbm, num_chains=0)
+    with pytest.raises(ValueError, match="num_betas=1"):
+        tfc.rbm.ais_log_partition(rbm, num_betas=1)
+    narrow = np.zeros((3, 5), "float32")
+    for fn in (rbm.free_energy, rbm.gibbs, rbm.init_visible_bias,
+               lambda v: tfc.rbm.log_likelihood(rbm, v, 0.0),
+               lambda v: tfc.rbm.ais_log_partition(rbm, 2, 2, data=v)):
+        with pytest.raises(ValueError, match=r"Received: .*shape=\(3, 5\)"):
+            fn(narrow)
+    unbuilt = RBM(4)
+    for fn in (tfc.rbm.log_partition, lambda r: tfc.rbm.log_likelihood(r, x, 0.0)):
+        with pytest.raises(ValueError, match="unbuilt"):
+            fn(unbuilt)
+    assert not unbuilt.built

@@ -131,8 +131,9 @@ class DBN(keras.Model):
             A list with the `History` of each RBM.
 
         Raises:
-            ValueError: for invalid data (NaN/inf, or outside [0, 1] for
-                Bernoulli units) or a bad `epochs` value, before any training.
+            ValueError: for invalid data (NaN/inf, outside [0, 1] for
+                Bernoulli units, or a wrong number of features), a bad
+                `epochs` value or optimizer, before any state changes.
         """
         n = len(self.rbms)
         epochs_list = list(epochs) if isinstance(epochs, (list, tuple)) else [epochs] * n
@@ -143,6 +144,7 @@ class DBN(keras.Model):
             raise ValueError(
                 f"`epochs` must be an int >= 0 or a list of {n} of them. Received: epochs={epochs}"
             )
+        _check_optimizer(optimizer)
         is_array = not hasattr(x, "element_spec")
         if is_array:
             x = self.rbms[0]._validate_array(x, "x").astype("float32")
@@ -249,14 +251,20 @@ class DBN(keras.Model):
         }
 
 
+def _check_optimizer(optimizer):
+    if isinstance(optimizer, str):
+        keras.optimizers.get(optimizer)  # raises on an unknown name
+    elif optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise ValueError(
+            "`optimizer` must be None, a name or a keras Optimizer. "
+            f"Received: optimizer={optimizer!r}"
+        )
+
+
 def _fresh_optimizer(optimizer):
     if optimizer is None:
         return keras.optimizers.SGD(learning_rate=0.05, momentum=0.5)
     if isinstance(optimizer, str):
         return keras.optimizers.get(optimizer)
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        # Each RBM needs its own slots (momentum, iteration count).
-        return keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
-    raise ValueError(
-        f"`optimizer` must be None, a name or a keras Optimizer. Received: optimizer={optimizer!r}"
-    )
+    # Each RBM needs its own slots (momentum, iteration count).
+    return keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))

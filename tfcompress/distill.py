@@ -185,6 +185,10 @@ class Distiller(keras.Model):
     Without `student_loss_fn` and without labels the student learns from the
     teacher alone (pure distillation); the loss is then the last two terms.
 
+    `save("distiller.keras")` stores the student, the teacher, alpha, the
+    temperature, the losses and the Distiller's optimizer state; teacher and
+    student come back uncompiled (their own optimizers are not restored).
+
     Logged metrics: `loss` (the total), `student_loss`, `distillation_loss`,
     `feature_loss` (with feature distillation) and the compiled metrics, which
     score the student on the labels.
@@ -528,10 +532,8 @@ class Distiller(keras.Model):
 
     def get_config(self):
         config = {
-            "student": keras.saving.serialize_keras_object(self.student),
-            "teacher": (
-                None if self.teacher is None else keras.saving.serialize_keras_object(self.teacher)
-            ),
+            "student": _serialize_model(self.student),
+            "teacher": None if self.teacher is None else _serialize_model(self.teacher),
             "teacher_output": self.teacher_output,
             "student_output": self.student_output,
             "feature_layers": [list(pair) for pair in self.feature_layers],
@@ -557,6 +559,15 @@ class Distiller(keras.Model):
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
+
+
+def _serialize_model(model):
+    # Without the model's own compile config: the Distiller trains with its own optimizer, and
+    # a reloaded teacher compiled with an unbuilt optimizer would skip (and warn about) the
+    # saved optimizer variables of a teacher that was trained before distillation.
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)
+    return config
 
 
 def _is_real(value):
@@ -630,6 +641,13 @@ def _feature_outputs(teacher, student, feature_layers):
     """Symbolic outputs of the named layers, validated."""
     if not feature_layers:
         return [], []
+    for model, role in ((teacher, "teacher"), (student, "student")):
+        # Checked before any layer name, so a subclassed model gets this message.
+        if _symbolic_outputs(model) is None:
+            raise ValueError(
+                f"Feature distillation needs a Functional or Sequential {role}. "
+                f"Received: {role}={model.name!r}"
+            )
     teacher_features, student_features = [], []
     for t_name, s_name in feature_layers:
         teacher_features.append(_layer_output(teacher, t_name, "teacher"))
@@ -638,11 +656,6 @@ def _feature_outputs(teacher, student, feature_layers):
 
 
 def _layer_output(model, name, role):
-    if _symbolic_outputs(model) is None:
-        raise ValueError(
-            f"Feature distillation needs a Functional or Sequential {role}. "
-            f"Received: {role}={model.name!r}"
-        )
     try:
         layer = model.get_layer(name)
     except ValueError as error:

@@ -165,8 +165,8 @@ def log_likelihood(rbm, v, log_z):
         The mean log-likelihood in nats per example, a Python float.
 
     Raises:
-        ValueError: if `v` holds NaN/inf, or values outside [0, 1] for a
-            Bernoulli RBM.
+        ValueError: if the RBM is not built, or `v` holds NaN/inf, values
+            outside [0, 1] for a Bernoulli RBM, or a wrong number of features.
 
     Example:
         >>> rbm = RBM(4, seed=0)
@@ -174,10 +174,8 @@ def log_likelihood(rbm, v, log_z):
         >>> x = np.random.default_rng(0).integers(0, 2, (10, 6)).astype("float32")
         >>> ll = log_likelihood(rbm, x, log_partition(rbm))
     """
-    v = rbm._validate_array(v, "v")
-    if not rbm.built:
-        rbm.build((None, v.shape[-1]))
     w, b, c = _parameters64(rbm)
+    v = rbm._validate_array(v, "v")
     f = keras.ops.convert_to_numpy(free_energy(v.astype("float64"), w, b, c, rbm.visible))
     return float(np.mean(-f) - log_z)
 
@@ -528,10 +526,6 @@ class RBM(keras.layers.Layer):
         x = self._validate_array(x, "x")
         if not self.built:
             self.build((None, x.shape[-1]))
-        if x.shape[-1] != self.visible_bias.shape[0]:
-            raise ValueError(
-                f"`x` must have {self.visible_bias.shape[0]} features. Received: x.shape={x.shape}"
-            )
         mean = x.astype("float64").mean(0)
         value = mean if self.visible == "gaussian" else _logit(mean, eps)
         self.visible_bias.assign(value.astype(self.visible_bias.dtype))
@@ -710,6 +704,11 @@ class RBM(keras.layers.Layer):
         if x.ndim < 2:
             raise ValueError(
                 f"`{name}` must have shape (batch, features). Received: {name}.shape={x.shape}"
+            )
+        if self.built and x.shape[-1] != self.kernel.shape[0]:
+            raise ValueError(
+                f"`{name}` must have {self.kernel.shape[0]} features (the visible units). "
+                f"Received: {name}.shape={x.shape}"
             )
         if not np.all(np.isfinite(x)):
             raise ValueError(

@@ -59,7 +59,12 @@ def _keras_row(model, x, y, latency_runs):
     accuracy = None
     if x is not None:
         x = _as_input(x, lite.input_details["shape"][1:])
-        predictions = model.predict(x, verbose=0, batch_size=256)
+        # Direct calls, not `predict`: a report measures many models, and a `predict`
+        # function traced per model floods the log with retracing warnings.
+        predictions = np.concatenate([
+            keras.ops.convert_to_numpy(model(x[i : i + 256], training=False))
+            for i in range(0, len(x), 256)
+        ])
         accuracy = float(np.mean(np.argmax(predictions, -1) == np.asarray(y).reshape(-1)))
     return {
         "kind": "keras",

@@ -18,7 +18,9 @@ def run(ctx):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     steps_per_epoch = -(-len(x) // 32)
 
-    model = _float_mlp(ctx, x, y)
+    float_model = _float_mlp(ctx, x, y)
+    model = keras.models.clone_model(float_model)  # pruning works in place; keep the float one
+    model.set_weights(float_model.get_weights())
     schedule = pruning.PolynomialDecay(
         0.0, 0.8, begin_step=0, end_step=5 * steps_per_epoch, frequency=10
     )
@@ -34,7 +36,7 @@ def run(ctx):
     ctx.add("mlp pruned 80% keras", pruned)
     ctx.add("mlp pruned 80% int8", path)
 
-    small = pruning.prune_units(_float_mlp(ctx, x, y), fraction=0.5)
+    small = pruning.prune_units(float_model, fraction=0.5)
     small.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     small.fit(x, y, epochs=6, batch_size=32, verbose=0)
     ctx.log(

@@ -198,11 +198,12 @@ class QuantizeWrapper(keras.layers.Layer):
             if self.quantize_inputs
             else []
         )
-        name = registry.activation_name(self.layer)
-        pre = self.kind is not None and name not in registry.FUSABLE_ACTIVATIONS
+        pre = self.kind is not None and not registry.fuses_activation(self.layer)
         self.pre_activation_quantizer = self._quantizer("pre_activation", decay) if pre else None
         self.intermediate_quantizer = (
-            self._quantizer("intermediate", decay) if self.kind is registry.SEPARABLE else None
+            self._quantizer("intermediate", decay)
+            if self.kind is not None and self.kind.separable
+            else None
         )
         self.output_quantizer = self._quantizer("output", decay, registry.output_range(self.layer))
         for attr in self.kind.unused if self.kind is not None else ():
@@ -239,7 +240,7 @@ class QuantizeWrapper(keras.layers.Layer):
                 w = w * self.kernel_masks[i]
             if self.kind.kernel_view is not None:
                 w = self.kind.kernel_view(w)
-            if self.kind.depthwise or (self.kind is registry.SEPARABLE and i == 0):
+            if self.kind.depthwise or (self.kind.separable and i == 0):
                 if self.per_channel:
                     out.append(quantizers.quantize_depthwise_kernel(w))
                     continue

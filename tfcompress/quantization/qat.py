@@ -118,6 +118,12 @@ def _check_model(model):
         raise ValueError(
             f"`model` is already quantized; quantize the float model. Received: model={model.name}"
         )
+    unbuilt = [layer.name for layer in model._flatten_layers(include_self=False) if not layer.built]
+    if unbuilt:
+        raise ValueError(
+            f"`model` must be built, but these layers are not: {unbuilt} (call the model on a "
+            f"batch of data before quantization). Received: model={model.name}"
+        )
 
 
 def _check_layer_configs(layer_configs):
@@ -285,7 +291,7 @@ class _GraphRewriter:
         if self.quantize:
             if not self.n_quantized:
                 raise ValueError(
-                    "`model` has no layer that QAT can quantize (Dense, Conv1D/2D/3D, "
+                    "`model` has no layer that QAT can quantize (Dense, Conv1D/2D, "
                     "DepthwiseConv, SeparableConv, RBM). Received: model="
                     f"{self.model.name} with layers {[layer.name for layer in self.model.layers]}"
                 )
@@ -396,7 +402,7 @@ def _resolve_subclassed(model, layer_configs, preserve_sparsity, fully_int8):
         resolved[path] = config
     if not n_weighted:
         raise ValueError(
-            "`model` has no layer that QAT can quantize (Dense, Conv1D/2D/3D, DepthwiseConv, "
+            "`model` has no layer that QAT can quantize (Dense, Conv1D/2D, DepthwiseConv, "
             f"SeparableConv, RBM). Received: model={model.name}"
         )
     _report_float(unsupported, opted_out, fully_int8)
@@ -461,7 +467,7 @@ class QuantizedModel(keras.Model):
         for path, config in self.layer_configs.items():
             _replace(slots[path], config)
         self.model = model
-        self.build(model.get_build_config()["input_shape"])
+        self.build((model.get_build_config() or {}).get("input_shape"))
 
     def build(self, input_shape):
         # Everything was built with the inner model; recording the shape lets

@@ -1,13 +1,15 @@
 """Which Keras layers QAT knows, and how each computes with quantized kernels.
 
 Four roles:
-- weighted (Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D, RBM):
-  kernels are fake-quantized and the layer's maths is re-run on them;
+- weighted (Dense, Conv1D/2D, DepthwiseConv1D/2D, SeparableConv1D/2D, RBM):
+  kernels are fake-quantized and the layer's maths is re-run on them (1-D
+  convolutions explicitly as 2-D ones, the form TFLite runs them in);
 - computing layers without weights (Add, Concatenate, activations, ...): their
   output gets its own activation range;
 - pass-through layers (pooling, Reshape, Flatten, Dropout, ...): TFLite keeps
   the input's scale on their output, so they need no range of their own;
-- anything else is unsupported and stays float.
+- anything else is unsupported and stays float (Conv3D too: TFLite has no
+  int8 CONV_3D kernel).
 """
 
 import dataclasses
@@ -30,6 +32,8 @@ class Kind:
             `mid` fake-quantizes an intermediate tensor (separable convs).
         foldable: a following BatchNormalization can be folded into it.
         depthwise: the kernel is ``(..., in_channels, depth_multiplier)``.
+        separable: the first kernel is depthwise, the second pointwise, with
+            an int8 range on the tensor between them.
         kernel_view: optional reshape applied to the kernel before it is
             fake-quantized (the form the converter must see).
         unused: variables of the layer the forward pass does not use (frozen
@@ -42,6 +46,7 @@ class Kind:
     forward: object
     foldable: bool = True
     depthwise: bool = False
+    separable: bool = False
     kernel_view: object = None
     unused: tuple = ()
 
@@ -79,10 +84,13 @@ def _conv1d_view(kernel):
     return ops.expand_dims(kernel, 0)
 
 
-def _conv1d_forward(layer, x, kernels, mid):
-    # A 1-D conv lowers to CONV_2D through an ExpandDims of the kernel, which
-    # the converter cannot apply to a per-channel quantized constant; doing the
-    # 2-D conv explicitly puts the fake-quant on the 4-D kernel itself.
+def _as_2d(layer, x):
+    """A 1-D conv input as a 2-D one of height 1: ``(x, height_axis, padding)``.
+
+    A 1-D conv lowers to its 2-D op through an ExpandDims of the kernel, which
+    the converter cannot apply to a per-channel quantized constant; running the
+    2-D op explicitly puts the fake-quant on the 4-D kernel itself.
+    """
     axis = 1 if layer.data_format == "channels_last" else 2
     padding = layer.padding
     if padding == "causal":
@@ -91,14 +99,47 @@ def _conv1d_forward(layer, x, kernels, mid):
         if layer.data_format == "channels_first":
             widths = [[0, 0], [0, 0], [pad, 0]]
         x, padding = ops.pad(x, widths), "valid"
+    return ops.expand_dims(x, axis), axis, padding
+
+
+def _conv1d_forward(layer, x, kernels, mid):
+    x, axis, padding = _as_2d(layer, x)
     y = ops.conv(
-        ops.expand_dims(x, axis),
+        x,
         kernels[0],
         strides=(1, layer.strides[0]),
         padding=padding,
         dilation_rate=(1, layer.dilation_rate[0]),
         data_format=layer.data_format,
     )
+    return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
+
+
+def _depthwise1d_forward(layer, x, kernels, mid):
+    x, axis, padding = _as_2d(layer, x)
+    y = ops.depthwise_conv(
+        x,
+        kernels[0],
+        strides=(1, layer.strides[0]),
+        padding=padding,
+        data_format=layer.data_format,
+        dilation_rate=(1, layer.dilation_rate[0]),
+    )
+    return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
+
+
+def _separable1d_forward(layer, x, kernels, mid):
+    x, axis, padding = _as_2d(layer, x)
+    y = ops.depthwise_conv(
+        x,
+        kernels[0],
+        strides=(1, layer.strides[0]),
+        padding=padding,
+        data_format=layer.data_format,
+        dilation_rate=(1, layer.dilation_rate[0]),
+    )
+    y = mid(y)
+    y = ops.conv(y, kernels[1], strides=1, padding="valid", data_format=layer.data_format)
     return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
 
 
@@ -141,15 +182,39 @@ DENSE_PER_CHANNEL = Kind(
 CONV = Kind("conv", ("kernel",), True, _conv_forward)
 CONV1D = Kind("conv1d", ("kernel",), True, _conv1d_forward, kernel_view=_conv1d_view)
 DEPTHWISE = Kind("depthwise", ("kernel",), True, _depthwise_forward, depthwise=True)
-SEPARABLE = Kind("separable", ("depthwise_kernel", "pointwise_kernel"), True, _separable_forward)
+DEPTHWISE1D = Kind(
+    "depthwise1d",
+    ("kernel",),
+    True,
+    _depthwise1d_forward,
+    depthwise=True,
+    kernel_view=_conv1d_view,
+)
+SEPARABLE = Kind(
+    "separable",
+    ("depthwise_kernel", "pointwise_kernel"),
+    True,
+    _separable_forward,
+    separable=True,
+)
+SEPARABLE1D = Kind(
+    "separable1d",
+    ("depthwise_kernel", "pointwise_kernel"),
+    True,
+    _separable1d_forward,
+    separable=True,
+    kernel_view=_conv1d_view,
+)
 RBM = Kind("rbm", ("kernel",), False, _rbm_forward, foldable=False, unused=("visible_bias",))
 
 _WEIGHTED = (
     ((keras.layers.Dense,), DENSE),
     ((keras.layers.Conv1D,), CONV1D),
-    ((keras.layers.Conv2D, keras.layers.Conv3D), CONV),
-    ((keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D), DEPTHWISE),
-    ((keras.layers.SeparableConv1D, keras.layers.SeparableConv2D), SEPARABLE),
+    ((keras.layers.Conv2D,), CONV),
+    ((keras.layers.DepthwiseConv1D,), DEPTHWISE1D),
+    ((keras.layers.DepthwiseConv2D,), DEPTHWISE),
+    ((keras.layers.SeparableConv1D,), SEPARABLE1D),
+    ((keras.layers.SeparableConv2D,), SEPARABLE),
 )
 
 MERGE_LAYERS = (
@@ -262,6 +327,21 @@ def activation_name(layer):
     if activation is None:
         return "linear"
     return getattr(activation, "__name__", "custom")
+
+
+def fuses_activation(layer):
+    """Whether TFLite runs the layer's activation inside its int8 kernel.
+
+    Linear, ReLU and ReLU6 fuse. A dilated convolution is the exception: it
+    converts to SPACE_TO_BATCH_ND, the conv and BATCH_TO_SPACE_ND, and the
+    converter cannot fuse an activation across them, so the activation's input
+    needs its own range.
+    """
+    name = activation_name(layer)
+    if name == "linear":
+        return True
+    dilated = any(d != 1 for d in getattr(layer, "dilation_rate", (1,)))
+    return name in FUSABLE_ACTIVATIONS and not dilated
 
 
 def activation_fn(layer):
