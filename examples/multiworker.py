@@ -53,17 +53,21 @@ def launch(n=2, timeout=300):
             ports.append(s.getsockname()[1])
     addresses = [f"127.0.0.1:{p}" for p in ports]
     out = tempfile.mkdtemp()
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}  # quieter TensorFlow unless asked
     procs = [
-        subprocess.Popen([sys.executable, __file__, "--worker", str(i), out, *addresses])
+        subprocess.Popen([sys.executable, __file__, "--worker", str(i), out, *addresses], env=env)
         for i in range(n)
     ]
     try:
         for proc in procs:
             proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"workers still running after {timeout} s: killed", flush=True)
     finally:
-        for proc in procs:
+        for proc in procs:  # never leave a worker behind (it would wait for its peer forever)
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
     return [proc.returncode for proc in procs]
 
 
@@ -73,4 +77,4 @@ if __name__ == "__main__":
     else:
         codes = launch()
         print("exit codes:", codes)
-        sys.exit(max(codes))
+        sys.exit(0 if codes == [0] * len(codes) else 1)

@@ -2,9 +2,8 @@
 
 Run as `python tests/_multiworker_worker.py WORKDIR` with TF_CONFIG set. Reads
 WORKDIR/initial.keras (a compiled Distiller) and WORKDIR/data.npz, writes
-WORKDIR/worker_<index>.npz
-(final student weights, training losses, test predictions); the chief also
-writes WORKDIR/distiller.keras.
+WORKDIR/worker_<index>.npz (final student weights, training losses, test
+predictions); the chief also writes WORKDIR/distiller.keras.
 """
 
 import json

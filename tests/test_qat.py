@@ -186,6 +186,8 @@ def test_rbm_layer_is_quantized(digits):
     qat = compile_fit(quantize_model(model), x, y, epochs=3, batch_size=32)
     wrapper = qat.layers[2]
     assert isinstance(wrapper, QuantizeWrapper) and isinstance(wrapper.layer, tfc.RBM)
+    # The visible bias plays no part in the forward pass: frozen, so no "missing gradient".
+    assert not any("visible_bias" in v.path for v in qat.trainable_weights)
     inputs_q, pre_q = qat.layers[1], wrapper.pre_activation_quantizer
     m = np.abs(wrapper.layer.kernel.numpy()).max()
     v = numpy_fake_quant(x_test[:8], float(inputs_q.min_value), float(inputs_q.max_value))
@@ -423,10 +425,12 @@ def test_bad_models():
         quantize_model(small_mlp(), layer_configs={"dense": "float"})
     with pytest.raises(ValueError, match="model="):
         quantize_model("not a model")
+    with pytest.raises(ValueError, match="strip_pruning"):
+        quantize_model(tfc.pruning.prune_low_magnitude(small_mlp()))
     shell = TwoLayerNet()
     with pytest.warns(UserWarning):  # Keras: marked built with unbuilt layers
         shell.build((None, 64))
-    with pytest.raises(ValueError, match=r"layers are not: \['dense"):
+    with pytest.raises(ValueError, match=r"not built: \['dense"):
         quantize_model(shell)
     with pytest.raises(ValueError, match="fixed_range"):
         ActivationQuantizer(fixed_range=(0.5, 1.0))

@@ -64,7 +64,7 @@ def test_cnn_with_batchnorm_pooling_flatten():
     )
     # Reference: the big model with the dropped channels cut out after the BatchNorm.
     x = np.random.default_rng(0).random((6, 8, 8, 1), dtype=np.float32)
-    features = keras.Model(model.inputs, model.get_layer("bn").output)(x).numpy()
+    features = keras.Model(model.inputs[0], model.get_layer("bn").output)(x).numpy()
     pooled = features[..., keep].reshape(6, 3, 2, 3, 2, 4).max(axis=(2, 4)).reshape(6, -1)
     d1 = small.get_layer("d1")
     hidden = np.maximum(pooled @ d1.kernel.numpy() + d1.bias.numpy(), 0)

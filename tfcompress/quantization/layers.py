@@ -125,7 +125,8 @@ class QuantizeWrapper(keras.layers.Layer):
 
     Weighted layers (Dense, Conv, DepthwiseConv, SeparableConv, RBM) have their
     kernels fake-quantized symmetrically (per output channel for convolutions)
-    and their maths re-run on them; ReLU/ReLU6 activations stay fused; other
+    and their maths re-run on them; ReLU/ReLU6 activations stay fused (except
+    after a dilated convolution, which TFLite cannot fuse); other
     activations get a range before and after them. Layers without weights
     (Add, Concatenate, activations, global average pooling) get an output range.
     The wrapped layer keeps its own float variables: they are what training

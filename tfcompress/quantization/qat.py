@@ -32,8 +32,8 @@ def quantize_model(model, *, layer_configs=None, preserve_sparsity=True, fully_i
             subclassed model must be re-creatable from `get_config()`).
         layer_configs: optional dict mapping layer names to `QuantizeConfig`;
             `QuantizeConfig(mode="float")` leaves a layer in float.
-        preserve_sparsity: keep exact zeros of kernels (e.g. from pruning) at
-            zero during QAT.
+        preserve_sparsity: keep exact zeros of kernels (e.g. from pruning and
+            `tfc.pruning.strip_pruning`) at zero during QAT.
         fully_int8: raise instead of warning when a layer would stay float.
 
     Returns:
@@ -41,8 +41,9 @@ def quantize_model(model, *, layer_configs=None, preserve_sparsity=True, fully_i
         `QuantizedModel` for subclassed ones.
 
     Raises:
-        ValueError: if `model` is not a built Keras model, is already
-            quantized, has no quantizable layer, `layer_configs` names unknown
+        ValueError: if `model` is not a built Keras model (or has unbuilt
+            layers), is already quantized, is a `tfc.pruning.PrunedModel`
+            (strip it first), has no quantizable layer, `layer_configs` names unknown
             layers or holds non-`QuantizeConfig` values, or `fully_int8` is set
             and some layers would stay float (they are named).
 
@@ -118,11 +119,12 @@ def _check_model(model):
         raise ValueError(
             f"`model` is already quantized; quantize the float model. Received: model={model.name}"
         )
-    unbuilt = [layer.name for layer in model._flatten_layers(include_self=False) if not layer.built]
-    if unbuilt:
+    from tfcompress.pruning import PrunedModel
+
+    if isinstance(model, PrunedModel):
         raise ValueError(
-            f"`model` must be built, but these layers are not: {unbuilt} (call the model on a "
-            f"batch of data before quantization). Received: model={model.name}"
+            "`model` is a PrunedModel: call tfc.pruning.strip_pruning(model) first; its zeros "
+            f"are then kept through QAT. Received: model={model.name}"
         )
 
 
@@ -380,7 +382,7 @@ def _resolve_subclassed(model, layer_configs, preserve_sparsity, fully_int8):
         if slot[5] == "graph":
             names += [layer.name for layer in slot[4]._flatten_layers(include_self=False)]
     _check_names(names, layer_configs)
-    resolved, unsupported, opted_out, n_weighted = {}, [], [], 0
+    resolved, unsupported, opted_out, unbuilt, n_weighted = {}, [], [], [], 0
     for path, _, _, _, layer, role in slots:
         config = layer_configs.get(layer.name) or QuantizeConfig()
         if config.mode == "float":
@@ -391,6 +393,9 @@ def _resolve_subclassed(model, layer_configs, preserve_sparsity, fully_int8):
             continue
         if role == "pass":
             continue
+        if not layer.built:
+            unbuilt.append(layer.name)
+            continue
         if role == "graph":
             n_weighted += any(
                 registry.role(sub) == "weighted"
@@ -400,6 +405,12 @@ def _resolve_subclassed(model, layer_configs, preserve_sparsity, fully_int8):
             n_weighted += 1
             config = _resolved_config(layer, layer_configs, preserve_sparsity)
         resolved[path] = config
+    if unbuilt:
+        raise ValueError(
+            f"These layers of `model` are not built: {unbuilt}. Call the model on a batch of "
+            "data before quantization (a layer `call` never uses can be left out with "
+            f'QuantizeConfig(mode="float")). Received: model={model.name}'
+        )
     if not n_weighted:
         raise ValueError(
             "`model` has no layer that QAT can quantize (Dense, Conv1D/2D, DepthwiseConv, "
