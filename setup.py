@@ -26,6 +26,8 @@ setup(
             "tensorflow-model-optimization",
             "tf-keras",
             "matplotlib",
+            # keras.callbacks.TensorBoard and tfc.pruning.PruningSummaries write through it.
+            "tensorboard",
         ],
         "plots": ["matplotlib"],
     },

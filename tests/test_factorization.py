@@ -333,3 +333,17 @@ def test_pca_too_many_components_or_no_adapt():
         never(x)
     with pytest.raises(ValueError, match="adapt"):
         keras.Sequential([keras.Input((6,)), PCA(2)])
+
+
+def test_pca_whitening_refuses_zero_variance_components():
+    x = np.random.default_rng(0).normal(size=(20, 6)).astype("float32")
+    x[:, 5] = 0.0  # a constant feature: the 6th component has no variance
+    pca = PCA(6, whiten=True)
+    with pytest.raises(ValueError, match="n_components=6"):
+        pca.adapt(x)
+    assert not pca.built
+    whitened = PCA(5, whiten=True)
+    whitened.adapt(x)
+    z = keras.ops.convert_to_numpy(whitened(x))
+    np.testing.assert_allclose(z.std(axis=0, ddof=1), np.ones(5), rtol=1e-4)
+    PCA(6).adapt(x)  # without whitening a flat component is harmless

@@ -320,6 +320,25 @@ def test_exported_rbm_is_only_the_inference_graph():
                                atol=1e-5)
 
 
+def test_cd_training_logs_to_tensorboard(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (rng.random((64, 8)) < 0.4).astype("float32")
+    model = keras.Sequential([keras.Input((8,)), RBM(4, seed=0)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    history = model.fit(x, epochs=2, batch_size=32, verbose=0,
+                        callbacks=[keras.callbacks.TensorBoard(str(tmp_path))]).history
+    logged = {}
+    for path in (tmp_path / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if not value.tag.startswith("epoch_"):
+                    continue  # the model config, written once
+                logged.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    np.testing.assert_allclose(logged["epoch_loss"], history["loss"], rtol=1e-6)
+    np.testing.assert_allclose(logged["epoch_reconstruction_error"],
+                               history["reconstruction_error"], rtol=1e-6)
+
+
 def test_free_energy_gap_callback_and_validation_metrics():
     rng = np.random.default_rng(0)
     x = (rng.random((96, 12)) < 0.3).astype("float32")

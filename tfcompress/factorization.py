@@ -476,7 +476,8 @@ class PCA(keras.layers.Layer):
             steps: number of dataset batches to read (all when None).
 
         Raises:
-            ValueError: data not 2-D, or more components than features or samples.
+            ValueError: data not 2-D, more components than features or samples,
+                or `whiten=True` with a kept component of zero variance.
         """
         x = _collect(data, steps)
         if x.ndim != 2:
@@ -496,6 +497,14 @@ class PCA(keras.layers.Layer):
             k = int(min(np.searchsorted(share, self.n_components, side="right") + 1, len(s)))
         else:
             k = int(self.n_components)
+        f32 = np.finfo(np.float32)
+        flat = variance[:k] <= f32.eps * max(variance[0], f32.tiny)
+        if self.whiten and flat.any():
+            raise ValueError(
+                f"`whiten=True` would divide by zero: {int(flat.sum())} of the {k} kept "
+                "components have no variance in `data`; keep fewer components. "
+                f"Received: n_components={self.n_components}"
+            )
         if self.built and (self.n_components_ != k or self.mean.shape[0] != n_features):
             raise ValueError(
                 f"PCA layer '{self.name}' is already built for another shape; create a new "
