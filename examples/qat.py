@@ -52,3 +52,31 @@ print(f"PTQ int8 accuracy   {ptq_lite.evaluate(x_test, y_test):.4f}, {len(ptq):,
 qat.save(os.path.join(out, "qat.keras"))
 reloaded = keras.saving.load_model(os.path.join(out, "qat.keras"))
 print(f"reloaded accuracy   {reloaded.evaluate(x_test, y_test, verbose=0)[1]:.4f}")
+
+# 5. Cluster-preserving QAT (CQAT): a clustered model keeps its cluster count.
+# The kernels train as centroids[indices]; each weight stays in its cluster.
+import numpy as np  # noqa: E402
+
+keras.utils.set_random_seed(0)
+mlp = keras.Sequential(
+    [keras.Input((64,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)]
+)
+mlp.compile("adam", loss, metrics=["accuracy"])
+mlp.fit(x, y, epochs=20, batch_size=32, verbose=0)
+clustered = tfc.clustering.cluster_weights(mlp, 16, cluster_centroids_init="linear")
+clustered.compile(keras.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
+clustered.fit(x, y, epochs=1, batch_size=32, verbose=0)
+clustered = tfc.clustering.strip_clustering(clustered)
+clustered.compile("adam", loss, metrics=["accuracy"])
+print(f"clustered float acc {clustered.evaluate(x_test, y_test, verbose=0)[1]:.4f}")
+cqat = quantize_model(clustered, preserve_clusters=True)
+cqat.compile(keras.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
+cqat.fit(x, y, epochs=3, batch_size=32, verbose=0)
+cqat_lite = tfc.export.LiteModel(tfc.export.to_tflite(cqat, quantization="int8", int8_io=True))
+kernels = [v.reshape(len(b), -1) for (v, _), (b, _) in zip(
+    [w for w in cqat_lite.weights().values() if w[0].dtype == np.int8],
+    [w for w in cqat_lite.weights().values() if w[0].dtype == np.int32],
+)]
+counts = [max(len(np.unique(row)) for row in k) for k in kernels]
+print(f"CQAT int8 accuracy  {cqat_lite.evaluate(x_test, y_test):.4f}, "
+      f"distinct int8 values per channel <= {max(counts)}")

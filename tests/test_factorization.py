@@ -347,3 +347,18 @@ def test_pca_whitening_refuses_zero_variance_components():
     z = keras.ops.convert_to_numpy(whitened(x))
     np.testing.assert_allclose(z.std(axis=0, ddof=1), np.ones(5), rtol=1e-4)
     PCA(6).adapt(x)  # without whitening a flat component is harmless
+
+
+def test_low_rank_keeps_weightless_layers():
+    L = keras.layers
+    model = keras.Sequential([keras.Input((32,)), L.Dense(32), L.ReLU(), L.Reshape((8, 4)),
+                              L.Flatten(), L.Dense(3)])
+    x = np.random.default_rng(0).normal(size=(8, 32)).astype("float32")
+    small = low_rank(model, rank=4)
+    assert [type(layer).__name__ for layer in small.layers][2:5] == ["ReLU", "Reshape", "Flatten"]
+    w, b = (keras.ops.convert_to_numpy(v) for v in model.layers[0].weights)
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    hidden = np.maximum(x @ (u[:, :4] * s[:4]) @ vt[:4] + b, 0.0)
+    w2, b2 = (keras.ops.convert_to_numpy(v) for v in model.layers[-1].weights)
+    u2, s2, vt2 = np.linalg.svd(w2, full_matrices=False)
+    np.testing.assert_allclose(small(x), hidden @ (u2[:, :3] * s2[:3]) @ vt2[:3] + b2, atol=1e-4)

@@ -376,7 +376,9 @@ class ClusterWeights(keras.layers.Wrapper):
 def _copy_layer(layer):
     """A new layer with the same config, build and weights (nothing shared)."""
     new = layer.__class__.from_config(layer.get_config())
-    if layer.built:
+    if layer.built and layer.weights:
+        # Layers without weights (ReLU, Reshape, ...) record no build shape; the
+        # copy builds itself on its first call.
         build_config = layer.get_build_config()
         if build_config is None:
             raise ValueError(

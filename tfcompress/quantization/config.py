@@ -28,10 +28,16 @@ class QuantizeConfig:
             ranges, in `[0, 1)`. The first training batch sets the range.
         preserve_sparsity: keep the kernel's exact zeros (pruned weights) at
             zero through QAT.
+        preserve_clusters: train a clustered kernel (from
+            `tfc.clustering.strip_clustering`) as trainable centroids indexed
+            by fixed integer indices, so that it keeps its number of distinct
+            values per tensor/output channel (cluster-preserving QAT). `None`
+            (the default) follows `quantize_model(preserve_clusters=...)`.
 
     Raises:
         ValueError: for a mode other than `"int8"`/`"float"`, `num_bits != 8`, an
-            unknown granularity or `ema_decay` outside `[0, 1)`.
+            unknown granularity, `ema_decay` outside `[0, 1)` or a
+            `preserve_clusters` other than `None`/`True`/`False`.
 
     Example:
         >>> cfg = QuantizeConfig(mode="float")
@@ -46,6 +52,7 @@ class QuantizeConfig:
         weight_granularity=None,
         ema_decay=0.99,
         preserve_sparsity=True,
+        preserve_clusters=None,
     ):
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode}")
@@ -61,11 +68,17 @@ class QuantizeConfig:
             )
         if not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
+        if preserve_clusters not in (None, True, False):
+            raise ValueError(
+                "`preserve_clusters` must be None, True or False. "
+                f"Received: preserve_clusters={preserve_clusters}"
+            )
         self.mode = mode
         self.num_bits = num_bits
         self.weight_granularity = weight_granularity
         self.ema_decay = float(ema_decay)
         self.preserve_sparsity = bool(preserve_sparsity)
+        self.preserve_clusters = None if preserve_clusters is None else bool(preserve_clusters)
 
     def get_config(self):
         return {
@@ -74,6 +87,7 @@ class QuantizeConfig:
             "weight_granularity": self.weight_granularity,
             "ema_decay": self.ema_decay,
             "preserve_sparsity": self.preserve_sparsity,
+            "preserve_clusters": self.preserve_clusters,
         }
 
     @classmethod

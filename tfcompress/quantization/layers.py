@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from tfcompress._serialization import register
-from tfcompress.quantization import quantizers, registry
+from tfcompress.quantization import clusters, quantizers, registry
 from tfcompress.quantization.config import QuantizeConfig
 
 # Tensors that are already on an int8 grid, keyed by id. A wrapper inside a
@@ -134,16 +134,27 @@ class QuantizeWrapper(keras.layers.Layer):
     compute in float32 (the int8 grid is simulated in float32, and the exported
     graph then has no casts between fake-quant ops).
 
+    With `quantize_config.preserve_clusters` each kernel is computed as
+    `centroids[indices]`: the wrapper holds trainable `{kernel}_centroids`
+    (one row, or one per output channel) and non-trainable int32
+    `{kernel}_cluster_indices` fixed when it is built, and the wrapped layer's
+    own kernel is frozen (it keeps its pre-QAT values; `float_kernels()` gives
+    the trained ones).
+
     Args:
         layer: the Keras layer to wrap (it is used, not copied).
         quantize_config: a `QuantizeConfig`; `None` uses the defaults.
         quantize_inputs: also give the inputs a range. Needed where the
             producer of an input is unknown (subclassed models); a wrapper skips
             it for a tensor that comes straight from another quantized layer.
+        cluster_shapes: shapes of the centroids, one per kernel; `None`
+            derives them from the kernels when built (it is stored in the
+            config so that a `.keras` file re-creates the same variables).
         **kwargs: base `Layer` arguments.
 
     Raises:
-        ValueError: if `layer` is not a layer QAT can quantize.
+        ValueError: if `layer` is not a layer QAT can quantize, or (when built)
+            `preserve_clusters` is set and a kernel is not clustered.
 
     Example:
         >>> q = QuantizeWrapper(keras.layers.Dense(4, activation="relu"))
@@ -157,7 +168,9 @@ class QuantizeWrapper(keras.layers.Layer):
 
     tfc_fake_quant = True
 
-    def __init__(self, layer, quantize_config=None, quantize_inputs=False, **kwargs):
+    def __init__(
+        self, layer, quantize_config=None, quantize_inputs=False, cluster_shapes=None, **kwargs
+    ):
         if not isinstance(layer, keras.layers.Layer) or registry.role(layer) not in (
             "weighted",
             "merge",
@@ -178,6 +191,9 @@ class QuantizeWrapper(keras.layers.Layer):
         self.layer = layer
         self.quantize_config = quantize_config or QuantizeConfig()
         self.quantize_inputs = bool(quantize_inputs)
+        self.cluster_shapes = (
+            None if cluster_shapes is None else [tuple(int(d) for d in s) for s in cluster_shapes]
+        )
         self.kind = registry.weighted_kind(layer)
         if self.kind is registry.DENSE and self.per_channel:
             self.kind = registry.DENSE_PER_CHANNEL
@@ -188,6 +204,10 @@ class QuantizeWrapper(keras.layers.Layer):
         if granularity is None:
             return self.kind is not None and self.kind.per_channel
         return granularity == "per_channel"
+
+    @property
+    def preserve_clusters(self):
+        return self.kind is not None and bool(self.quantize_config.preserve_clusters)
 
     def build(self, input_shape):
         if not self.layer.built:
@@ -223,7 +243,46 @@ class QuantizeWrapper(keras.layers.Layer):
                         trainable=False,
                     )
                 )
+        self._build_clusters()
         self.built = True
+
+    def _depthwise(self, i):
+        return self.kind.depthwise or (self.kind.separable and i == 0)
+
+    def _build_clusters(self):
+        self.kernel_centroids, self.kernel_indices = [], []
+        if not self.preserve_clusters:
+            return
+        layouts = None
+        if self.cluster_shapes is None:
+            layouts = [
+                clusters.cluster_layout(
+                    getattr(self.layer, attr).numpy(), self._depthwise(i), self.layer.name, attr
+                )
+                for i, attr in enumerate(self.kind.kernels)
+            ]
+            self.cluster_shapes = [centroids.shape for centroids, _ in layouts]
+        for i, attr in enumerate(self.kind.kernels):
+            kernel = getattr(self.layer, attr)
+            kernel.trainable = False  # trained through the centroids
+            init = [None, None] if layouts is None else layouts[i]
+            self.kernel_centroids.append(
+                self.add_weight(
+                    name=f"{attr}_centroids",
+                    shape=self.cluster_shapes[i],
+                    initializer=_init_from(init[0]),
+                    trainable=True,
+                )
+            )
+            self.kernel_indices.append(
+                self.add_weight(
+                    name=f"{attr}_cluster_indices",
+                    shape=tuple(kernel.shape),
+                    initializer=_init_from(init[1]),
+                    dtype="int32",
+                    trainable=False,
+                )
+            )
 
     def _quantizer(self, role, decay, fixed_range=None):
         quantizer = ActivationQuantizer(
@@ -232,16 +291,27 @@ class QuantizeWrapper(keras.layers.Layer):
         quantizer.build()
         return quantizer
 
+    def float_kernels(self):
+        """The float kernels before fake quantization (clustered, masked), layer-shaped."""
+        out = []
+        for i, attr in enumerate(self.kind.kernels):
+            if self.kernel_centroids:
+                flat = ops.reshape(self.kernel_centroids[i], (-1,))
+                w = ops.take(flat, self.kernel_indices[i])  # gradient: sum over members
+            else:
+                w = getattr(self.layer, attr)
+            if self.kernel_masks:
+                w = w * self.kernel_masks[i]
+            out.append(w)
+        return out
+
     def quantized_kernels(self):
         """The kernels as used in the forward pass (masked, fake-quantized)."""
         out = []
-        for i, attr in enumerate(self.kind.kernels):
-            w = getattr(self.layer, attr)
-            if self.kernel_masks:
-                w = w * self.kernel_masks[i]
+        for i, w in enumerate(self.float_kernels()):
             if self.kind.kernel_view is not None:
                 w = self.kind.kernel_view(w)
-            if self.kind.depthwise or (self.kind.separable and i == 0):
+            if self._depthwise(i):
                 if self.per_channel:
                     out.append(quantizers.quantize_depthwise_kernel(w))
                     continue
@@ -283,6 +353,8 @@ class QuantizeWrapper(keras.layers.Layer):
             "quantize_config": keras.saving.serialize_keras_object(self.quantize_config),
             "quantize_inputs": self.quantize_inputs,
         }
+        if self.cluster_shapes is not None:
+            config["cluster_shapes"] = [list(shape) for shape in self.cluster_shapes]
         return {**super().get_config(), **config}
 
     @classmethod
@@ -291,3 +363,9 @@ class QuantizeWrapper(keras.layers.Layer):
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         config["quantize_config"] = keras.saving.deserialize_keras_object(config["quantize_config"])
         return cls(**config)
+
+
+def _init_from(values):
+    if values is None:
+        return "zeros"  # replaced by the stored values when a file is loaded
+    return lambda shape, dtype: ops.cast(values, dtype)

@@ -14,12 +14,14 @@ import keras
 import numpy as np
 
 from tfcompress._serialization import register
-from tfcompress.quantization import folding, registry
+from tfcompress.quantization import clusters, folding, registry
 from tfcompress.quantization.config import QuantizeConfig
 from tfcompress.quantization.layers import ActivationQuantizer, QuantizeWrapper
 
 
-def quantize_model(model, *, layer_configs=None, preserve_sparsity=True, fully_int8=False):
+def quantize_model(
+    model, *, layer_configs=None, preserve_sparsity=True, fully_int8=False, preserve_clusters=False
+):
     """Returns a copy of `model` that trains with int8 fake quantization.
 
     The copy trains with plain `fit` (any optimizer, callbacks, distribution
@@ -35,6 +37,18 @@ def quantize_model(model, *, layer_configs=None, preserve_sparsity=True, fully_i
         preserve_sparsity: keep exact zeros of kernels (e.g. from pruning and
             `tfc.pruning.strip_pruning`) at zero during QAT.
         fully_int8: raise instead of warning when a layer would stay float.
+        preserve_clusters: cluster-preserving QAT. Every quantized Dense/Conv/
+            DepthwiseConv/SeparableConv/RBM kernel (from
+            `tfc.clustering.strip_clustering`) is trained as trainable
+            centroids gathered by integer indices fixed now: each weight stays
+            bound to its cluster, each centroid trains on the sum of its
+            members' gradients, so after `fit` the kernel still has at most as
+            many distinct values per tensor (or per output channel, when it was
+            clustered per channel) as before, and so does the int8 file. With
+            `preserve_sparsity` zeros stay exactly zero (pruned + clustered
+            models). `QuantizeConfig(preserve_clusters=False)` leaves a layer
+            out (its kernel trains freely); `QuantizeConfig(preserve_clusters=True)`
+            selects one layer without this flag.
 
     Returns:
         A Keras model: Functional for Sequential/Functional inputs, a
@@ -44,13 +58,18 @@ def quantize_model(model, *, layer_configs=None, preserve_sparsity=True, fully_i
         ValueError: if `model` is not a built Keras model (or has unbuilt
             layers), is already quantized, is a `tfc.pruning.PrunedModel`
             (strip it first), has no quantizable layer, `layer_configs` names unknown
-            layers or holds non-`QuantizeConfig` values, or `fully_int8` is set
-            and some layers would stay float (they are named).
+            layers or holds non-`QuantizeConfig` values, `fully_int8` is set
+            and some layers would stay float (they are named), `preserve_clusters`
+            is not a bool, or a layer selected for cluster preservation has a
+            kernel that is not clustered (it is named).
 
     Example:
         >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
         >>> qat = quantize_model(model)
         >>> qat.compile("adam", "sparse_categorical_crossentropy")
+        >>> clustered = tfc.clustering.strip_clustering(  # doctest: +SKIP
+        ...     tfc.clustering.cluster_weights(model, 8))
+        >>> cqat = quantize_model(clustered, preserve_clusters=True)  # doctest: +SKIP
 
     Reference:
         Jacob et al., "Quantization and Training of Neural Networks for Efficient
@@ -58,10 +77,16 @@ def quantize_model(model, *, layer_configs=None, preserve_sparsity=True, fully_i
     """
     _check_model(model)
     _check_layer_configs(layer_configs)
+    if not isinstance(preserve_clusters, (bool, np.bool_)):
+        raise ValueError(
+            "`preserve_clusters` must be True or False. "
+            f"Received: preserve_clusters={preserve_clusters}"
+        )
+    preserve = (preserve_sparsity, bool(preserve_clusters))
     if _is_graph_model(model):
-        rewriter = _GraphRewriter(model, layer_configs or {}, preserve_sparsity, True)
+        rewriter = _GraphRewriter(model, layer_configs or {}, preserve, True)
         return rewriter.run(fully_int8)
-    paths = _resolve_subclassed(model, layer_configs or {}, preserve_sparsity, fully_int8)
+    paths = _resolve_subclassed(model, layer_configs or {}, preserve, fully_int8)
     return QuantizedModel(_copy_subclassed(model), layer_configs=paths)
 
 
@@ -94,7 +119,7 @@ def fold_batch_norms(model):
             "fold_batch_norms needs a Sequential or Functional model (a known graph). "
             f"Received: model={model}"
         )
-    return _GraphRewriter(model, {}, False, False).run(False)
+    return _GraphRewriter(model, {}, (False, False), False).run(False)
 
 
 def is_quantized(model):
@@ -162,11 +187,19 @@ def _has_zeros(layer):
     return any(np.any(getattr(layer, attr).numpy() == 0) for attr in kind.kernels)
 
 
-def _resolved_config(layer, layer_configs, preserve_sparsity):
+def _resolved_config(layer, layer_configs, preserve):
+    preserve_sparsity, preserve_clusters = preserve
     config = layer_configs.get(layer.name) or QuantizeConfig()
     if config.preserve_sparsity and not (preserve_sparsity and _has_zeros(layer)):
         # Masks cost memory and time: only kernels with zeros need one.
         config = QuantizeConfig(**{**config.get_config(), "preserve_sparsity": False})
+    if config.preserve_clusters is None and preserve_clusters:
+        config = QuantizeConfig(**{**config.get_config(), "preserve_clusters": True})
+    if config.mode == "int8" and config.preserve_clusters:
+        kind = registry.weighted_kind(layer)
+        for i, attr in enumerate(kind.kernels):
+            depthwise = kind.depthwise or (kind.separable and i == 0)
+            clusters.cluster_layout(getattr(layer, attr).numpy(), depthwise, layer.name, attr)
     return config
 
 
@@ -225,7 +258,7 @@ def _sole_consumer(layer, model_output_ids):
 class _GraphRewriter:
     """Rebuilds a Sequential/Functional model with quantized (or folded) layers."""
 
-    def __init__(self, model, layer_configs, preserve_sparsity, quantize):
+    def __init__(self, model, layer_configs, preserve, quantize):
         self.model = (
             model
             if type(model).__name__ == "Functional"
@@ -237,12 +270,12 @@ class _GraphRewriter:
         self.opted_out = []
         self.n_quantized = 0
         _check_names([layer.name for layer in self.model.layers], layer_configs)
-        self._make_plan(layer_configs, preserve_sparsity)
+        self._make_plan(layer_configs, preserve)
         self.copies = {}
         self.quantized_ids = set()
         self.input_quantizers = {}
 
-    def _make_plan(self, layer_configs, preserve_sparsity):
+    def _make_plan(self, layer_configs, preserve):
         output_ids = {id(t) for t in self.model.outputs}
         for layer in self.model.layers:
             if id(layer) in self.plan:
@@ -251,7 +284,7 @@ class _GraphRewriter:
             config = layer_configs.get(layer.name)
             opted_out = config is not None and config.mode == "float"
             if role == "weighted":
-                self._plan_weighted(layer, layer_configs, preserve_sparsity, output_ids)
+                self._plan_weighted(layer, layer_configs, preserve, output_ids)
             elif role in ("merge", "activation", "ranged") and self.quantize and not opted_out:
                 self.plan[id(layer)] = ("wrap", config or QuantizeConfig())
             else:
@@ -259,9 +292,9 @@ class _GraphRewriter:
                 if self.quantize and role != "pass":
                     (self.opted_out if opted_out else self.float_names).append(layer.name)
 
-    def _plan_weighted(self, layer, layer_configs, preserve_sparsity, output_ids):
+    def _plan_weighted(self, layer, layer_configs, preserve, output_ids):
         kind = registry.weighted_kind(layer)
-        config = _resolved_config(layer, layer_configs, preserve_sparsity)
+        config = _resolved_config(layer, layer_configs, preserve)
         linear = registry.activation_name(layer) == "linear"
         nxt = _sole_consumer(layer, output_ids) if linear else None
         bn = None
@@ -374,7 +407,7 @@ def _walk_subclassed(obj, prefix=""):
         yield path, owner, name, index, layer, role
 
 
-def _resolve_subclassed(model, layer_configs, preserve_sparsity, fully_int8):
+def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
     """Per attribute path, the QuantizeConfig of each layer to quantize."""
     slots = list(_walk_subclassed(model))
     names = [slot[4].name for slot in slots]
@@ -397,13 +430,20 @@ def _resolve_subclassed(model, layer_configs, preserve_sparsity, fully_int8):
             unbuilt.append(layer.name)
             continue
         if role == "graph":
+            if preserve[1] if config.preserve_clusters is None else config.preserve_clusters:
+                raise ValueError(
+                    "`preserve_clusters` is not supported for a Sequential/Functional sub-model "
+                    f"inside a subclassed model: '{layer.name}'. Quantize it on its own, or "
+                    f"leave it out with layer_configs={{'{layer.name}': "
+                    "QuantizeConfig(preserve_clusters=False)}. Received: preserve_clusters=True"
+                )
             n_weighted += any(
                 registry.role(sub) == "weighted"
                 for sub in layer._flatten_layers(include_self=False)
             )
         elif role == "weighted":
             n_weighted += 1
-            config = _resolved_config(layer, layer_configs, preserve_sparsity)
+            config = _resolved_config(layer, layer_configs, preserve)
         resolved[path] = config
     if unbuilt:
         raise ValueError(
@@ -452,6 +492,9 @@ class QuantizedModel(keras.Model):
         layer_configs: dict mapping attribute paths (``"dense"``,
             ``"blocks.0"``, ``"encoder/dense"``) to the `QuantizeConfig` of the
             layer there.
+        cluster_shapes: dict mapping attribute paths to the centroid shapes of
+            cluster-preserving wrappers (set by `.keras` loading; `None` derives
+            them from the kernels).
         **kwargs: base `Model` arguments.
 
     Raises:
@@ -463,7 +506,7 @@ class QuantizedModel(keras.Model):
         True
     """
 
-    def __init__(self, model, layer_configs=None, **kwargs):
+    def __init__(self, model, layer_configs=None, cluster_shapes=None, **kwargs):
         if not isinstance(model, keras.Model) or not model.built:
             raise ValueError(f"`model` must be a built Keras model. Received: model={model}")
         super().__init__(**kwargs)
@@ -475,8 +518,12 @@ class QuantizedModel(keras.Model):
                 f"`layer_configs` names unknown attribute paths {unknown}. "
                 f"Received: layer_configs={layer_configs}"
             )
+        shapes = dict(cluster_shapes or {})
+        self.cluster_shapes = {}
         for path, config in self.layer_configs.items():
-            _replace(slots[path], config)
+            new = _replace(slots[path], config, shapes.get(path))
+            if getattr(new, "cluster_shapes", None) is not None:
+                self.cluster_shapes[path] = [list(shape) for shape in new.cluster_shapes]
         self.model = model
         self.build((model.get_build_config() or {}).get("input_shape"))
 
@@ -496,6 +543,8 @@ class QuantizedModel(keras.Model):
                 for path, config in self.layer_configs.items()
             },
         }
+        if self.cluster_shapes:
+            config["cluster_shapes"] = self.cluster_shapes
         return {**super().get_config(), **config}
 
     @classmethod
@@ -509,12 +558,12 @@ class QuantizedModel(keras.Model):
         return cls(**config)
 
 
-def _replace(slot, config):
+def _replace(slot, config, cluster_shapes=None):
     path, owner, name, index, layer, role = slot
     if role == "graph":
         new = quantize_model(layer) if config.mode == "int8" else layer
     else:
-        new = QuantizeWrapper(layer, config, quantize_inputs=True)
+        new = QuantizeWrapper(layer, config, quantize_inputs=True, cluster_shapes=cluster_shapes)
         new.build((layer.get_build_config() or {}).get("input_shape"))
     if index is None:
         owner._tracker.untrack(layer)
@@ -523,3 +572,4 @@ def _replace(slot, config):
         container = getattr(owner, name)
         container.pop(index)
         container.insert(index, new)
+    return new
