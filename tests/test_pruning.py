@@ -493,6 +493,20 @@ def test_fit_without_update_pruning_step_is_handled(digits):
         plain.fit(x[:32], y[:32], verbose=0, callbacks=[pruning.UpdatePruningStep()])
 
 
+def test_distiller_with_a_pruned_student_prunes_without_the_callback(digits):
+    (x, y), _ = digits
+    schedule = ConstantSparsity(0.6, begin_step=0, frequency=1)
+    student = pruning.prune_low_magnitude(small_mlp(hidden=(16,)), pruning_schedule=schedule)
+    distiller = tfc.Distiller(student=student, teacher=small_mlp(seed=1))
+    distiller.compile("adam", student_loss_fn=LOSS)
+    distiller.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
+    assert int(student.pruning_step.numpy()) == 2
+    final = pruning.strip_pruning(student)
+    assert pruning.get_sparsity(final) == pytest.approx(
+        {"dense/kernel": 0.6, "dense_1/kernel": 0.6}, abs=1 / 160
+    )
+
+
 def test_pruning_summaries(tmp_path, digits):
     (x, y), _ = digits
     pm = pruning.prune_low_magnitude(

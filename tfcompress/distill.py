@@ -321,6 +321,14 @@ class Distiller(keras.Model):
             self.teacher(inputs)
         self.built = True
 
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; with a pruned student (`tfc.pruning.prune_low_magnitude`) it
+        adds `tfc.pruning.UpdatePruningStep` when the callbacks lack it."""
+        from tfcompress.pruning.callbacks import with_update_step
+
+        args, kwargs = with_update_step(self, args, kwargs)
+        return super().fit(*args, **kwargs)
+
     def compile(
         self,
         optimizer="adam",

@@ -29,6 +29,38 @@ def _pruned_models(model):
     return found
 
 
+def with_update_step(model, args, kwargs):
+    """`fit(*args, **kwargs)` arguments with an `UpdatePruningStep` for `model`.
+
+    Added only when `model` holds a pruned model and the callbacks have no
+    `UpdatePruningStep` yet: `PrunedModel.fit` and `Distiller.fit` use it, so a
+    pruned model (or a distiller's pruned student) never trains unpruned by
+    accident.
+    """
+    if not _pruned_models(model):
+        return args, kwargs
+    args, kwargs = list(args), dict(kwargs)
+    if len(args) > 5:  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
+        args[5] = _add_update_step(args[5], model)
+    else:
+        kwargs["callbacks"] = _add_update_step(kwargs.get("callbacks"), model)
+    return args, kwargs
+
+
+def _add_update_step(callbacks, model):
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        # `fit` uses a CallbackList as given, so the new callback needs its model here.
+        if not any(isinstance(c, UpdatePruningStep) for c in callbacks.callbacks):
+            callback = UpdatePruningStep()
+            callback.set_model(model)
+            callbacks.callbacks.append(callback)
+        return callbacks
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, UpdatePruningStep) for c in callbacks):
+        callbacks.append(UpdatePruningStep())
+    return callbacks
+
+
 class UpdatePruningStep(keras.callbacks.Callback):
     """Updates the masks before each training batch when the schedule says so.
 
@@ -37,9 +69,9 @@ class UpdatePruningStep(keras.callbacks.Callback):
     saving, reloading and several `fit` calls, and counts optimizer steps (not
     forward calls). When training ends, a mask update due at the next step is
     applied too, so `end_step = epochs * steps_per_epoch` (tfmot's recipe)
-    ends exactly at the final sparsity. `PrunedModel.fit` adds this callback by itself when it is
-    missing; pass it explicitly when training a model that holds a pruned
-    model (e.g. a `Distiller` with a pruned student).
+    ends exactly at the final sparsity. `PrunedModel.fit` and `Distiller.fit`
+    (pruned student) add this callback by themselves when it is missing; pass it
+    explicitly when another model that holds a pruned model is trained.
 
     Raises:
         ValueError: at the start of training, when the model holds no pruned model.

@@ -314,22 +314,6 @@ def _check_m_by_n_shapes(names, variables, m_by_n):
             )
 
 
-def _with_update_step(callbacks, model):
-    from tfcompress.pruning.callbacks import UpdatePruningStep  # it imports this module
-
-    if isinstance(callbacks, keras.callbacks.CallbackList):
-        # `fit` uses a CallbackList as given, so the new callback needs its model here.
-        if not any(isinstance(c, UpdatePruningStep) for c in callbacks.callbacks):
-            callback = UpdatePruningStep()
-            callback.set_model(model)
-            callbacks.callbacks.append(callback)
-        return callbacks
-    callbacks = list(callbacks or [])
-    if not any(isinstance(c, UpdatePruningStep) for c in callbacks):
-        callbacks.append(UpdatePruningStep())
-    return callbacks
-
-
 @register
 class PrunedModel(keras.Model):
     """A model whose selected weights are magnitude-pruned during training.
@@ -514,11 +498,9 @@ class PrunedModel(keras.Model):
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, adding `UpdatePruningStep` when it is not among the callbacks."""
-        args = list(args)
-        if len(args) > 5:  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
-            args[5] = _with_update_step(args[5], self)
-        else:
-            kwargs["callbacks"] = _with_update_step(kwargs.get("callbacks"), self)
+        from tfcompress.pruning.callbacks import with_update_step  # it imports this module
+
+        args, kwargs = with_update_step(self, args, kwargs)
         return super().fit(*args, **kwargs)
 
     def get_config(self):
