@@ -78,3 +78,29 @@ def test_console_script_help():
     proc = subprocess.run([sys.executable, "-m", "tfcompress", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "demo" in proc.stdout and "export" in proc.stdout
+
+
+@keras.saving.register_keras_serializable("tfc_test_cli")
+class Head(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(10)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_digits_options_work_for_subclassed_models(tmp_path, capsys):
+    # a subclassed model (LowRankModel, ClusteredModel too) has no `inputs`
+    model = Head()
+    model(np.zeros((1, 64), "float32"))
+    model.save(tmp_path / "head.keras")
+    out = tmp_path / "head.tflite"
+    assert cli.main(["export", str(tmp_path / "head.keras"), "-o", str(out),
+                     "--quantization", "int8", "--calibration", "digits"]) == 0
+    assert tfc.export.LiteModel(out).is_fully_int8()
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "head.keras"), "--data", "digits",
+                     "--markdown"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split("|")
+    assert row[1].strip() == "head.keras" and 0.0 <= float(row[8]) <= 1.0

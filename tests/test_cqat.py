@@ -92,9 +92,7 @@ def test_cluster_count_per_channel_is_kept_in_keras_and_tflite(digits):
         after = w.float_kernels()[0].numpy()
         assert np.mean(after != b) > 0.7  # the centroids trained...
         np.testing.assert_array_equal(w.kernel_indices[0].numpy(), idx)  # ...the binding did not
-        np.testing.assert_array_equal(
-            after, w.kernel_centroids[0].numpy().ravel()[idx]
-        )
+        np.testing.assert_array_equal(after, w.kernel_centroids[0].numpy().ravel()[idx])
         assert 2 <= max_distinct_per_channel(after) <= 4
     blob = tfc.export.to_tflite(qat, quantization="int8", int8_io=True)
     lite = tfc.export.LiteModel(blob)
@@ -102,9 +100,7 @@ def test_cluster_count_per_channel_is_kept_in_keras_and_tflite(digits):
     weights = int8_kernels(blob)
     assert [w.shape for w in weights] == [(96, 64), (10, 96)]
     assert all(2 <= max_distinct_per_channel(w, axis=0) <= 4 for w in weights)
-    agree = np.mean(
-        np.argmax(lite.predict(xt), -1) == np.argmax(qat.predict(xt, verbose=0), -1)
-    )
+    agree = np.mean(np.argmax(lite.predict(xt), -1) == np.argmax(qat.predict(xt, verbose=0), -1))
     assert agree >= 0.98
 
 
@@ -218,9 +214,7 @@ def test_per_layer_configs_and_defaults(digits):
     with pytest.raises(ValueError, match=r"Layer 'dense_1' .*not clustered"):
         quantize_model(model, preserve_clusters=True)
     with pytest.raises(ValueError, match=r"Layer 'dense_1'"):
-        quantize_model(
-            model, layer_configs={"dense_1": QuantizeConfig(preserve_clusters=True)}
-        )
+        quantize_model(model, layer_configs={"dense_1": QuantizeConfig(preserve_clusters=True)})
     opted = quantize_model(
         model,
         preserve_clusters=True,
@@ -318,3 +312,40 @@ def test_every_layer_kind_keeps_per_channel_count_through_folding(digits_image):
     assert tfc.export.LiteModel(blob).is_fully_int8()
     counts = [max_distinct_per_channel(w, axis) for w, axis in int8_kernels(blob, axes=True)]
     assert len(counts) == 6 and all(2 <= c <= 4 for c in counts), counts
+
+
+def test_clustered_depthwise_with_folded_batchnorm_is_accepted():
+    # Folding BatchNorm scales each 3x3 depthwise channel: 9 weights, up to 8 distinct
+    # values, which the "is it clustered" rule alone would reject. The kernel is
+    # checked before folding; after it each channel keeps its <= 8 values.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 16)),
+            L.DepthwiseConv2D(3, use_bias=False),
+            L.BatchNormalization(),
+            L.Flatten(),
+            L.Dense(3),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    model.layers[1].gamma.assign(rng.uniform(0.5, 2.0, 16).astype(np.float32))
+    model.layers[1].moving_variance.assign(rng.uniform(0.5, 2.0, 16).astype(np.float32))
+    for layer, k in [(model.layers[0], 8), (model.layers[3], 4)]:
+        w = layer.kernel.numpy()
+        values = np.linspace(w.min(), w.max(), k).astype(np.float32)
+        layer.kernel.assign(values[np.argmin(np.abs(w[..., None] - values), -1)])
+    qat = quantize_model(model, preserve_clusters=True)
+    depthwise = wrappers(qat)[0]
+    before = depthwise.float_kernels()[0].numpy()
+    np.testing.assert_array_equal(before, depthwise.layer.kernel.numpy())  # the folded kernel
+    assert max_distinct_per_channel(before.reshape(9, 16)) <= 8
+    x = rng.normal(size=(64, 8, 8, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    compile_fit(qat, x, y, epochs=2, lr=1e-2, batch_size=16)
+    kernel = depthwise.float_kernels()[0].numpy().reshape(9, 16)
+    assert max_distinct_per_channel(kernel) <= 8
+    assert not np.allclose(kernel, depthwise.layer.kernel.numpy().reshape(9, 16))  # trained
+    blob = tfc.export.to_tflite(qat, quantization="int8", int8_io=True)
+    counts = [max_distinct_per_channel(w, axis) for w, axis in int8_kernels(blob, axes=True)]
+    assert len(counts) == 2 and counts[0] <= 8 and counts[1] <= 4, counts

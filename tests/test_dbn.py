@@ -80,8 +80,13 @@ def test_pretrain_inside_mirrored_strategy_matches_one_device(mirrored):
         dbn.pretrain(x, epochs=1, batch_size=16, shuffle=False, verbose=0)
         return [np.array(w) for w in dbn.weights]
 
-    for a, b in zip(run(tf.distribute.get_strategy()), run(mirrored)):
+    single = run(tf.distribute.get_strategy())
+    for a, b in zip(single, run(mirrored)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    start = DBN([6, 4], k=2, seed=1)
+    start.build((None, 12))
+    for trained, fresh in zip(single[::3], start.weights[::3]):  # the kernels: moved by CD only
+        assert np.abs(trained - np.array(fresh)).max() > 1e-4  # 10x the parity tolerance
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -126,6 +131,14 @@ def test_keras_round_trip(tmp_path):
     assert isinstance(loaded, DBN) and loaded.get_config() == dbn.get_config()
     np.testing.assert_array_equal(loaded(x), dbn(x))
     assert [r.k for r in loaded.rbms] == [2, 2]
+
+
+@pytest.mark.parametrize("batch_size", [0, 2.5, "32"])
+def test_bad_batch_size_raises_before_any_change(batch_size):
+    dbn = DBN([4, 3], seed=0)
+    with pytest.raises(ValueError, match=f"batch_size={batch_size!r}"):
+        dbn.pretrain(_binary(), epochs=1, batch_size=batch_size, verbose=0)
+    assert not dbn.built  # neither built nor given data-initialised visible biases
 
 
 @pytest.mark.parametrize("units", [[], [4, 0], 5, [2.5]])

@@ -20,6 +20,9 @@ def _kl_fn(p, q):
 KL_FORMS = {
     "instance": keras.losses.KLDivergence(),
     "string": "kl_divergence",
+    # A class name: keras.losses.get returns a batch-reducing Loss instance, whose
+    # per-sample values must still be used (sample weights were ignored).
+    "class_name": "KLDivergence",
     "function": _kl_fn,
 }
 
@@ -90,6 +93,21 @@ def test_loss_matches_numpy(form):
     assert float(loss) == pytest.approx(expected, rel=1e-4)
     assert float(d.student_loss_tracker.result()) == pytest.approx(exp_student, rel=1e-4)
     assert float(d.distillation_loss_tracker.result()) == pytest.approx(exp_distill, rel=1e-4)
+
+
+def test_student_loss_by_class_name_applies_sample_weights():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(16, 64)).astype("float32")
+    y = rng.integers(0, 10, 16).astype("int32")
+    w = rng.uniform(0.2, 2.0, 16).astype("float32")
+    teacher, student = small_mlp(hidden=(32,), seed=1), small_mlp(hidden=(8,), seed=2)
+    student = keras.Model(student.inputs, keras.layers.Softmax()(student.outputs[0]))
+    d = tfc.Distiller(student=student, teacher=teacher, student_output="probabilities")
+    d.compile(student_loss_fn="SparseCategoricalCrossentropy", alpha=1.0)
+    d.compute_loss(x, y, d(x), sample_weight=w)
+    probs = student.predict(x, verbose=0).astype("float64")
+    expected = np.mean(-np.log(probs[np.arange(16), y]) * w)
+    assert float(d.student_loss_tracker.result()) == pytest.approx(expected, rel=1e-4)
 
 
 def test_probability_teacher_equals_logit_teacher():

@@ -215,6 +215,13 @@ def test_predict_with_wrong_feature_count(mlp_files):
         lite.predict(np.zeros((4, 63), "float32"))
 
 
+def test_evaluate_needs_one_label_per_sample(mlp_files, digits):
+    _, (xt, yt) = digits
+    lite = tfc.export.LiteModel(mlp_files[None])
+    with pytest.raises(ValueError, match=r"Received: y.shape=\(1,\)"):
+        lite.evaluate(xt, yt[:1])  # used to broadcast into a meaningless accuracy
+
+
 def test_per_channel_dense_is_an_opt_in(mlp, mlp_files, digits):
     (x, _), (xt, yt) = digits
     per_channel = tfc.export.to_tflite(mlp, quantization="int8", representative_data=x[:200],
@@ -229,3 +236,50 @@ def test_per_channel_dense_is_an_opt_in(mlp, mlp_files, digits):
     assert len(per_channel) > len(mlp_files["int8"])
     assert abs(tfc.export.LiteModel(per_channel).evaluate(xt, yt)
                - tfc.export.LiteModel(mlp_files["int8"]).evaluate(xt, yt)) <= 0.01
+
+
+def test_integer_input_model_runs_in_float_and_int8():
+    # An int32 input (token ids) has quantization scale 0: it must be cast, not "quantized".
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(20, 4),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+    ids = np.random.default_rng(0).integers(0, 20, (40, 5)).astype("int32")
+    expected = model.predict(ids, verbose=0)
+    lite = tfc.export.LiteModel(tfc.export.to_tflite(model))
+    assert lite.input_details["dtype"] == np.int32
+    np.testing.assert_allclose(lite.predict(ids, batch_size=16), expected, atol=1e-5)
+    # calibration data keep the input's dtype (int32 ids, not float32)
+    int8 = tfc.export.LiteModel(
+        tfc.export.to_tflite(model, quantization="int8", representative_data=ids)
+    )
+    assert int8.is_fully_int8()
+    np.testing.assert_allclose(int8.predict(ids), expected, atol=0.02)
+
+
+def test_free_length_dimension_predicts_and_calibrates():
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((None, 4)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+    rng = np.random.default_rng(0)
+    long, short = rng.random((100, 5, 4), "float32"), rng.random((6, 3, 4), "float32")
+    lite = tfc.export.LiteModel(tfc.export.to_tflite(model))
+    assert list(lite.input_details["shape_signature"]) == [-1, -1, 4]
+    for x in (long[:6], short, long[:6]):  # the interpreter is resized to each length
+        np.testing.assert_allclose(lite.predict(x, batch_size=4), model.predict(x, verbose=0),
+                                   atol=1e-5)
+    # representative data of any length fit a free dimension; a wrong feature count does not
+    blob = tfc.export.to_tflite(model, quantization="int8", representative_data=long)
+    np.testing.assert_allclose(tfc.export.LiteModel(blob).predict(long),
+                               model.predict(long, verbose=0), atol=0.05)
+    with pytest.raises(ValueError, match=r"representative_data.shape=\(100, 5, 3\)"):
+        tfc.export.to_tflite(model, quantization="int8", representative_data=long[..., :3])
+
+
+def test_written_file_has_the_umask_mode(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        tfc.export.write_atomic(tmp_path / "m.tflite", b"data")
+    finally:
+        os.umask(previous)
+    # as `open(path, "wb")` would make it, not mkstemp's owner-only 0o600
+    assert (tmp_path / "m.tflite").stat().st_mode & 0o777 == 0o640

@@ -3,7 +3,9 @@
 import collections
 import glob
 import json
+import math
 import os
+from fractions import Fraction
 
 import keras
 import numpy as np
@@ -28,7 +30,7 @@ def _zeros(variable):
 
 
 def _expected_zero_count(size, sparsity):
-    return int(np.ceil(np.float64(np.float32(sparsity)) * size - size * 2.0**-23))
+    return math.ceil(Fraction(str(sparsity)) * size)
 
 
 LAYER_CASES = {
@@ -476,6 +478,27 @@ def test_tflite_export_keeps_zeros(tmp_path, digits):
     assert lite_zeros == kernel_zeros
 
 
+def test_steps_per_execution_catches_up_skipped_turns(digits):
+    # 12 steps in 3 executions: the callback runs at steps 0, 4, 8 and when fit ends (12);
+    # turns 5 and end_step 10 fall between.
+    (x, y), _ = digits
+    pm = pruning.prune_low_magnitude(
+        small_mlp(hidden=(64,)), pruning_schedule=PolynomialDecay(0.0, 0.8, 0, 10, frequency=5)
+    )
+    pm.compile("adam", LOSS, steps_per_execution=4)
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(int(pm.pruning_step.numpy()))
+
+    pm.fit(x[:240], y[:240], epochs=1, batch_size=20, verbose=0, callbacks=[Spy()])
+    assert seen == [0, 0, 5]  # step 8 catches up turn 5
+    assert int(pm.pruning_step.numpy()) == 10  # the end of fit (step 12) catches up step 10
+    for variable in pm.pruned_weights:
+        assert _zeros(variable).sum() == _expected_zero_count(int(np.prod(variable.shape)), 0.8)
+
+
 def test_fit_without_update_pruning_step_is_handled(digits):
     (x, y), _ = digits
     schedule = ConstantSparsity(0.5, begin_step=0, frequency=1)
@@ -542,6 +565,8 @@ BAD = [
     (dict(sparsity_m_by_n=(2, 4), block_size=(2, 2)), "cannot be combined"),
     (dict(sparsity_m_by_n=(2, 5)), "not divisible"),
     (dict(pruning_schedule="0.5"), "Received: pruning_schedule="),
+    (dict(layers=5), "Received: layers=5"),
+    (dict(exclude=3.0), "Received: exclude=3.0"),
 ]
 
 
@@ -561,6 +586,14 @@ def test_bad_models():
     pm = pruning.prune_low_magnitude(small_mlp())
     with pytest.raises(ValueError, match="already pruned"):
         pruning.prune_low_magnitude(pm)
+
+
+def test_weight_indices_out_of_range_or_repeated():
+    model = small_mlp(hidden=(32,))
+    for indices in ([-1], [2], [0, 0]):
+        with pytest.raises(ValueError, match=r"Received: weight_indices=\["):
+            pruning.PrunedModel(model, _one_shot(), weight_indices=indices)
+    assert all(w.constraint is None for w in model.weights)
 
 
 def test_config_round_trip():

@@ -1,5 +1,8 @@
 """Mask maths against NumPy references (argsort, per-group sorting, pooling)."""
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,10 +10,19 @@ import tensorflow as tf
 from tfcompress.pruning import masks
 
 
+def _fewest_reaching(size, sparsity):
+    """Fewest k with float32(k / size) >= float32(sparsity), by search."""
+    target = np.float32(sparsity)
+    k = math.ceil(float(target) * size)
+    while k > 0 and np.float32((k - 1) / size) >= target:
+        k -= 1
+    return k
+
+
 def _argsort_reference(w, sparsity):
     """Prune the ceil(s * n) smallest |w|, ties broken by position (stable argsort)."""
     flat = np.abs(w).ravel()
-    k = int(np.ceil(np.float64(np.float32(sparsity)) * flat.size - flat.size * 2.0**-23))
+    k = _fewest_reaching(flat.size, sparsity)
     mask = np.ones(flat.size, np.float32)
     mask[np.argsort(flat, kind="stable")[:k]] = 0
     return mask.reshape(w.shape)
@@ -58,6 +70,22 @@ def test_kth_smallest_bits_matches_sort(k):
 )
 def test_num_to_prune(size, sparsity, expected):
     assert int(masks.num_to_prune(size, np.float32(sparsity))) == expected
+
+
+@pytest.mark.parametrize(
+    "size,sparsity", [(30522 * 768, 0.8), (8_000_001, 0.5), (4_194_307, 0.75), (3_000_001, 0.9)]
+)
+def test_num_to_prune_large_weights_reach_the_target(size, sparsity):
+    # A BERT-size embedding at 0.8 and odd sizes at 0.5 were left a few weights short.
+    got = int(masks.num_to_prune(size, np.float32(sparsity)))
+    assert got == math.ceil(Fraction(str(sparsity)) * size)
+
+
+def test_num_to_prune_is_the_fewest_reaching_the_float32_target():
+    rng = np.random.default_rng(4)
+    cases = zip(rng.integers(1, 1 << 24, 40).tolist(), rng.uniform(0.0, 1.0, 40).astype(np.float32))
+    for size, sparsity in cases:
+        assert int(masks.num_to_prune(size, sparsity)) == _fewest_reaching(size, sparsity)
 
 
 def _block_reference(w, sparsity, block, pooling):

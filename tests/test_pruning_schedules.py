@@ -88,6 +88,22 @@ def test_polynomial_formula_numpy_reference():
         assert float(s(t)[1]) == pytest.approx(0.7 + (0.1 - 0.7) * (1 - p) ** 3, abs=1e-7)
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        PolynomialDecay(0.0, 0.8, begin_step=3, end_step=23, frequency=5),
+        PolynomialDecay(0.0, 0.6, begin_step=5, end_step=5, frequency=3),
+        ConstantSparsity(0.5, begin_step=4, frequency=7),
+        ConstantSparsity(0.5, begin_step=0, end_step=9, frequency=4),
+    ],
+)
+def test_last_turn_is_the_latest_should_prune_step(schedule):
+    steps = np.arange(40)
+    turns = [t for t in steps if bool(schedule.should_prune(t))]
+    expected = [max([t for t in turns if t <= step], default=-1) for step in steps]
+    assert keras.ops.convert_to_numpy(schedule.last_turn(steps)).tolist() == expected
+
+
 def test_begin_equals_end_is_one_shot():
     s = PolynomialDecay(0.0, 0.6, begin_step=5, end_step=5, frequency=3)
     assert [bool(s(t)[0]) for t in (4, 5, 6, 8)] == [False, True, False, False]

@@ -76,6 +76,16 @@ def test_mlp_qat_exports_fully_int8_and_agrees(float_mlp, digits):
     np.testing.assert_allclose(lite.input_details["quantization"], (scale, zero), rtol=1e-5)
 
 
+def test_qat_of_sequential_takes_a_plain_tensor_without_warnings():
+    # The Functional copy of a Sequential used to expect a one-item list of inputs,
+    # so every `qat(x)` warned "The structure of `inputs` doesn't match".
+    qat = quantize_model(small_mlp(hidden=(8,)))
+    x = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(qat(x).numpy(), qat.predict(x, verbose=0), atol=1e-6)
+
+
 def test_cnn_with_batchnorm_folds_fuses_and_agrees(digits_image):
     (x, y), (x_test, _) = digits_image
     model = compile_fit(cnn(), x, y, epochs=3)
@@ -260,6 +270,49 @@ def test_subclassed_model(digits, tmp_path):
     )
 
 
+@keras.saving.register_keras_serializable(package="test_qat")
+class WithEncoder(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # auto-named layers: re-creating the model (copy, `.keras` load) renames them
+        self.encoder = keras.Sequential(
+            [keras.Input((64,)), L.Dense(16, activation="relu"), L.Dense(12, activation="relu")]
+        )
+        self.head = L.Dense(10)
+
+    def call(self, x):
+        return self.head(self.encoder(x))
+
+
+def test_sub_model_configs_and_masks_survive_reload(digits, tmp_path):
+    # A Sequential inside a subclassed model: per-layer configs for its layers used to
+    # be accepted and ignored, and a pruned kernel's mask broke `.keras` loading
+    # ("expected 0 variables, but received 1") since it was re-decided from fresh weights.
+    (x, y), (x_test, _) = digits
+    model = WithEncoder()
+    model(x[:1])
+    first, second = model.encoder.layers
+    w = first.kernel.numpy()
+    w[:, ::2] = 0.0
+    first.kernel.assign(w)
+    configs = {second.name: QuantizeConfig(mode="float")}
+    with pytest.raises(ValueError, match=rf"\['{second.name}'\]. Received: fully_int8=True"):
+        quantize_model(model, layer_configs=configs, fully_int8=True)
+    qat = quantize_model(model, layer_configs=configs)
+    kinds = ["InputLayer", "ActivationQuantizer", "QuantizeWrapper", "Dense"]
+    assert [type(layer).__name__ for layer in qat.model.encoder.layers] == kinds
+    compile_fit(qat, x[:256], y[:256], epochs=1)
+    np.testing.assert_array_equal(qat.model.encoder.layers[2].layer.kernel.numpy()[:, ::2], 0.0)
+    qat.save(tmp_path / "enc.keras")
+    reloaded = keras.saving.load_model(tmp_path / "enc.keras")
+    assert [type(layer).__name__ for layer in reloaded.model.encoder.layers] == kinds
+    np.testing.assert_allclose(
+        reloaded.predict(x_test, verbose=0), qat.predict(x_test, verbose=0), atol=1e-6
+    )
+    mask = reloaded.model.encoder.layers[2].kernel_masks[0].numpy()
+    np.testing.assert_array_equal(mask, w != 0)
+
+
 def test_keras_round_trip_in_fresh_process(float_mlp, digits, tmp_path):
     (x, y), (x_test, _) = digits
     qat = compile_fit(quantize_model(float_mlp), x, y, epochs=1)
@@ -323,8 +376,10 @@ def test_layer_opt_out_and_unsupported_layers(digits):
             L.Dense(10, name="d2"),
         ]
     )
-    with pytest.warns(UserWarning, match="ln"):
+    with pytest.warns(UserWarning, match="ln") as record:
         qat = quantize_model(model, layer_configs={"d2": QuantizeConfig(mode="float")})
+    warning = next(r for r in record if "Leaving these layers" in str(r.message))
+    assert warning.filename == __file__  # it points at the caller's line
     assert [type(layer).__name__ for layer in qat.layers[1:]] == [
         "ActivationQuantizer",
         "QuantizeWrapper",
@@ -405,9 +460,17 @@ def test_invalid_config_values():
         ({"num_bits": 4}, "num_bits=4"),
         ({"weight_granularity": "per_row"}, "weight_granularity=per_row"),
         ({"ema_decay": 1.0}, "ema_decay=1.0"),
+        ({"ema_decay": True}, "ema_decay=True"),
+        ({"preserve_sparsity": "no"}, "preserve_sparsity=no"),
     ]:
         with pytest.raises(ValueError, match=match):
             QuantizeConfig(**kwargs)
+    # NumPy scalars are numbers too (np.float32 used to be rejected as out of range)
+    assert QuantizeConfig(ema_decay=np.float32(0.5)).ema_decay == 0.5
+    assert ActivationQuantizer(ema_decay=np.float32(0.5)).ema_decay == 0.5
+    for name in ("preserve_sparsity", "fully_int8"):
+        with pytest.raises(ValueError, match=f"{name}=None"):
+            quantize_model(small_mlp(), **{name: None})
 
 
 def test_bad_models():
@@ -432,5 +495,10 @@ def test_bad_models():
         shell.build((None, 64))
     with pytest.raises(ValueError, match=r"not built: \['dense"):
         quantize_model(shell)
-    with pytest.raises(ValueError, match="fixed_range"):
-        ActivationQuantizer(fixed_range=(0.5, 1.0))
+    for fixed_range in [(0.5, 1.0), 0.5, (0.0, 0.0), ("a", 1.0), (-1.0, 0.0, 1.0)]:
+        with pytest.raises(ValueError, match=r"Received: fixed_range="):
+            ActivationQuantizer(fixed_range=fixed_range)
+    bn = L.BatchNormalization()
+    bn.build((None, 3))
+    with pytest.raises(ValueError, match=r"`bn` normalizes 3 channels .*kernel.shape=\(2, 4\)"):
+        tfc.quantization.fold_batch_norm(np.ones((2, 4)), None, bn)

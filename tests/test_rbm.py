@@ -357,6 +357,18 @@ def test_free_energy_gap_callback_and_validation_metrics():
     assert 0 < history["val_reconstruction_error"][-1] < 1
 
 
+def test_free_energy_gap_rejects_a_model_without_rbm_before_training():
+    x = np.zeros((32, 4), "float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = [np.array(w) for w in model.weights]
+    with pytest.raises(ValueError, match="last layer dense"):
+        model.fit(x, np.ones((32, 2), "float32"), epochs=1, verbose=0,
+                  callbacks=[tfc.rbm.FreeEnergyGap(x, x)])
+    for a, b in zip(before, model.weights):
+        np.testing.assert_array_equal(a, b)  # no epoch ran before the error
+
+
 # ------------------------------------------------------- distribution
 
 
@@ -378,6 +390,37 @@ def test_mirrored_strategy_matches_one_device(mirrored, persistent):
     for a, b in zip(single, multi):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert np.abs(single[0]).max() > 0.02  # it did train
+
+
+def _cd_fit_loss(x, batch_size, strategy=None, units=16):
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        rbm = RBM(units, seed=0)
+        model = keras.Sequential([keras.Input((x.shape[1],)), rbm])
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
+    return model.fit(x, epochs=1, batch_size=batch_size, shuffle=False, verbose=0).history
+
+
+def test_cd_loss_is_float32_under_mixed_float16():
+    # Summing 4096 free energies of about -44 (64 log 2) in float16 overflowed to -inf.
+    x = (np.random.default_rng(0).random((4096, 64)) < 0.5).astype("float32")
+    reference = _cd_fit_loss(x, 4096, units=64)["loss"][0]
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    logged = _cd_fit_loss(x, 4096, units=64)["loss"][0]
+    assert np.isfinite(logged)
+    assert logged == pytest.approx(reference, abs=0.05)
+
+
+def test_uneven_batch_under_mixed_bfloat16_and_mirrored_strategy(mirrored):
+    # The global row count was kept in bfloat16 (257 -> 256): the random draws for the
+    # last global batch (257 rows, split 129 + 128) came out one row short and slicing
+    # the second replica's rows failed. (Keras itself needs an evenly split first batch.)
+    x = (np.random.default_rng(0).random((557, 10)) < 0.3).astype("float32")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    single = _cd_fit_loss(x, 300)["loss"][0]
+    double = _cd_fit_loss(x, 300, mirrored)["loss"][0]
+    assert np.isfinite(double)
+    assert double == pytest.approx(single, abs=0.05)
 
 
 # ---------------------------------------------------- serialization

@@ -86,3 +86,31 @@ def test_x_without_y(tiny):
     model, x, _ = tiny
     with pytest.raises(ValueError, match="x is None=False"):
         tfc.report.compression_report({"a": model}, x)
+
+
+def test_plot_leaves_the_matplotlib_backend_alone(tiny, tmp_path):
+    import matplotlib
+
+    model, x, y = tiny
+    report = tfc.report.compression_report({"a": model}, x, y, latency_runs=3)
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        report.plot(tmp_path / "plot.png")
+        assert matplotlib.get_backend() == "svg"  # a notebook's inline backend stays
+    finally:
+        matplotlib.use(previous)
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_arguments_checked_before_anything_is_measured(tiny, monkeypatch):
+    model, x, y = tiny
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before the arguments were checked")
+
+    monkeypatch.setattr(tfc.report, "_keras_row", measured)
+    with pytest.raises(ValueError, match=r"Received: y.shape=\(1,\)"):
+        tfc.report.compression_report({"a": model}, x, y[:1])
+    with pytest.raises(ValueError, match=r"models\['b'\]"):
+        tfc.report.compression_report({"a": model, "b": 3}, x, y)

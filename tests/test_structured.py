@@ -74,6 +74,25 @@ def test_cnn_with_batchnorm_pooling_flatten():
     )
 
 
+def test_channels_first_reader_blocks_the_channels_last_conv():
+    # Flatten(channels_first) moves the conv's channel axis: slicing d1's rows by channel
+    # would be wrong, so c1 must stay whole.
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((5, 5, 1)),
+            keras.layers.Conv2D(6, 3, name="c1"),
+            keras.layers.Flatten(data_format="channels_first", name="flat"),
+            keras.layers.Dense(8, name="d1"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+    small = prune_units(model, 0.5)
+    assert small.get_layer("c1").filters == 6 and small.get_layer("d1").units == 4
+    with pytest.raises(ValueError, match="Layer 'c1' cannot lose units"):
+        prune_units(model, {"c1": 0.5})
+
+
 def test_functional_and_blocked_layers():
     inputs = keras.Input((6,))
     a = keras.layers.Dense(10, activation="relu", name="a")(inputs)

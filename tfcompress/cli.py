@@ -5,6 +5,7 @@ the wrong shape) end with exit code 2 and one line on stderr.
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -38,12 +39,22 @@ def _load_array(path, what):
         raise UsageError(f"{what}: {path!r} is not a .npy array ({e})") from e
 
 
-def _digits(split, feature_shape):
+def _digits(split):
     from tfcompress import datasets
 
-    shape = "flat" if len(feature_shape) == 1 else "image"
-    train, test = datasets.load_digits(shape=shape)
+    train, test = datasets.load_digits()
     return train if split == "train" else test
+
+
+def _digits_for(model, split):
+    """Digits images shaped like `model`'s input (a subclassed model has no `inputs`)."""
+    from tfcompress import export
+
+    x, y = _digits(split)
+    shape = tuple(export._input_spec(model, None).shape[1:])
+    if None in shape or math.prod(shape) != x.shape[1]:
+        raise UsageError(f"digits images (64 values) do not fit the model input shape {shape}")
+    return x.reshape((len(x),) + shape), y
 
 
 def _export(args, log):
@@ -52,7 +63,7 @@ def _export(args, log):
     model = _load_model(args.model)
     calibration = None
     if args.calibration == "digits":
-        calibration = _digits("train", model.inputs[0].shape[1:])[0][:200]
+        calibration = _digits_for(model, "train")[0][:200]
     elif args.calibration is not None:
         calibration = _load_array(args.calibration, "--calibration")
     log(f"converting {args.model} (quantization={args.quantization or 'none'}) ...")
@@ -79,9 +90,7 @@ def _report(args, log):
             items[os.path.basename(path)] = _load_model(path)
     x = y = None
     if args.data == "digits":
-        first = next(iter(items.values()))
-        shape = first.inputs[0].shape[1:] if not isinstance(first, str) else (64,)
-        x, y = _digits("test", shape)
+        x, y = _digits("test")  # flat: the report reshapes them for image models
     elif args.data is not None:
         if args.labels is None:
             raise UsageError("--data X.npy needs --labels Y.npy")

@@ -487,7 +487,7 @@ def _layer_paths(model, wants):
 
 
 def _resolve(model, path):
-    """(owner, holder, key, layer) of an attribute path made by `_clusterable_paths`."""
+    """(owner, holder, key, layer) of an attribute path made by `_layer_paths`."""
     owner = model
     *parents, last = path.split("/")
     for part in parents:

@@ -133,7 +133,7 @@ class DBN(keras.Model):
         Raises:
             ValueError: for invalid data (NaN/inf, outside [0, 1] for
                 Bernoulli units, or a wrong number of features), a bad
-                `epochs` value or optimizer, before any state changes.
+                `epochs`, `batch_size` or optimizer, before any state changes.
         """
         n = len(self.rbms)
         epochs_list = list(epochs) if isinstance(epochs, (list, tuple)) else [epochs] * n
@@ -143,6 +143,13 @@ class DBN(keras.Model):
         ):
             raise ValueError(
                 f"`epochs` must be an int >= 0 or a list of {n} of them. Received: epochs={epochs}"
+            )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1
+        ):
+            raise ValueError(
+                f"`batch_size` must be None or an int >= 1. Received: batch_size={batch_size!r}"
             )
         _check_optimizer(optimizer)
         is_array = not hasattr(x, "element_spec")
@@ -155,16 +162,16 @@ class DBN(keras.Model):
             histories = []
             for i, rbm in enumerate(self.rbms):
                 if init_visible_bias and is_array and epochs_list[i] > 0:
-                    rbm.init_visible_bias(self._features(x, i, batch_size))
-                fit_kwargs = dict(fit_kwargs, epochs=epochs_list[i], callbacks=callbacks,
+                    rbm.init_visible_bias(self._features(x, i))
+                run_kwargs = dict(fit_kwargs, epochs=epochs_list[i], callbacks=callbacks,
                                   verbose=verbose)
                 if is_array:
-                    fit_kwargs["batch_size"] = batch_size
+                    run_kwargs["batch_size"] = batch_size
                 trainer = self._trainer(i, optimizer, steps_per_execution)
-                histories.append(self._fit_frozen_below(i, trainer, x, fit_kwargs))
+                histories.append(self._fit_frozen_below(i, trainer, x, run_kwargs))
         return histories
 
-    def _features(self, x, depth, batch_size):
+    def _features(self, x, depth):
         h = x
         for rbm in self.rbms[:depth]:
             h = np.concatenate([

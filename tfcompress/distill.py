@@ -96,11 +96,16 @@ def _resolve_loss(loss, argument):
         return loss.call
     if isinstance(loss, str):
         try:
-            return keras.losses.get(loss)
+            resolved = keras.losses.get(loss)
         except ValueError as error:
             raise ValueError(
                 f"`{argument}` is not a known Keras loss. Received: {argument}={loss!r}"
             ) from error
+        # A class name ("KLDivergence") gives a batch-reducing Loss instance:
+        # use its per-sample values, as for an instance passed directly.
+        if isinstance(resolved, keras.losses.Loss):
+            return _resolve_loss(resolved, argument)
+        return resolved
     if callable(loss):
         return loss
     raise ValueError(

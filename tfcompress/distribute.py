@@ -86,7 +86,10 @@ def strategy(devices=None):
     known = {_canonical(device.name): device.name for device in tf.config.list_logical_devices()}
     resolved = []
     for device in devices:
-        canonical = _canonical(device) if isinstance(device, str) else None
+        try:
+            canonical = _canonical(device) if isinstance(device, str) else None
+        except ValueError:  # not a device spec at all, e.g. "cpu0"
+            canonical = None
         if canonical not in known:
             raise ValueError(
                 f"Unknown device {device!r}; this process has {sorted(known.values())}. "

@@ -102,7 +102,10 @@ def _validate(model, path, quantization, representative_data, int8_io):
     spec = _input_spec(model, representative_data)
     if representative_data is not None:
         data = np.asarray(representative_data)
-        if data.ndim != len(spec.shape) or tuple(data.shape[1:]) != tuple(spec.shape[1:]):
+        expected = tuple(spec.shape[1:])  # None: a dimension of free length
+        if data.ndim != len(spec.shape) or any(
+            e not in (None, d) for e, d in zip(expected, data.shape[1:])
+        ):
             raise ValueError(
                 f"`representative_data` must have shape (N, {', '.join(map(str, spec.shape[1:]))}) "
                 f"to match the model input. Received: representative_data.shape={data.shape}"
@@ -161,7 +164,9 @@ def _float32_compute(model):
             layer._dtype_policy = policy
 
 
-def _configure(converter, quantization, representative_data, int8_io, qat, per_channel_dense):
+def _configure(
+    converter, quantization, representative_data, int8_io, qat, per_channel_dense, dtype
+):
     if quantization is None:
         return
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -169,7 +174,7 @@ def _configure(converter, quantization, representative_data, int8_io, qat, per_c
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
         if representative_data is not None and not qat:
-            data = np.asarray(representative_data, dtype=np.float32)
+            data = np.asarray(representative_data, dtype=dtype)
 
             def samples():
                 for row in data:
@@ -188,6 +193,12 @@ def _configure(converter, quantization, representative_data, int8_io, qat, per_c
             converter.inference_output_type = tf.int8
 
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path, data):
     """Writes bytes to `path` through a temporary file and a rename.
 
@@ -198,6 +209,8 @@ def write_atomic(path, data):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".tflite")
     try:
+        # mkstemp creates the file owner-only (0o600); give it the mode `open` would.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -261,7 +274,8 @@ def to_tflite(
         model,
         spec,
         lambda converter: _configure(
-            converter, quantization, representative_data, int8_io, qat, per_channel_dense
+            converter, quantization, representative_data, int8_io, qat, per_channel_dense,
+            spec.dtype.as_numpy_dtype,
         ),
     )
     if int8_io:
@@ -281,7 +295,9 @@ class LiteModel:
 
     Runs on `ai_edge_litert` (falling back to `tf.lite.Interpreter`). Int8
     inputs and outputs are quantized and dequantized with the file's own
-    scales, so `predict` always takes and returns float arrays.
+    scales, so `predict` takes and returns float arrays; a plain integer
+    input (token ids) is passed as it is, and dimensions of free length take
+    the length of the data.
 
     Args:
         model: path of a `.tflite` file, or its bytes.
@@ -319,7 +335,7 @@ class LiteModel:
             self._flat = _schema.ModelT.InitFromPackedBuf(blob, 0)
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"`model` could not be loaded: {e}. Received: model={source!r}") from e
-        self._batch = None
+        self._shape = None
 
     @property
     def size(self):
@@ -396,45 +412,53 @@ class LiteModel:
             )
         return x
 
-    def _resize(self, batch):
-        if batch != self._batch:
-            detail = self.input_details
-            self._interpreter.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
+    def _resize(self, shape):
+        # The whole shape, not only the batch: dimensions of free length (-1 in the
+        # signature) take the size of the data too.
+        shape = tuple(int(d) for d in shape)
+        if shape != self._shape:
+            self._interpreter.resize_tensor_input(self.input_details["index"], list(shape))
             self._interpreter.allocate_tensors()
-            self._batch = batch
+            self._shape = shape
 
     def _run(self, x):
         inp, out = self.input_details, self.output_details
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
+        scale, zero = inp["quantization"]
+        if scale:  # a quantized (int8) input; scale 0 marks a plain integer or float input
             info = np.iinfo(inp["dtype"])
             x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
         else:
-            x = x.astype(np.float32)
+            x = x.astype(inp["dtype"])
         self._interpreter.set_tensor(inp["index"], x)
         self._interpreter.invoke()
         y = self._interpreter.get_tensor(out["index"])
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
+        scale, zero = out["quantization"]
+        if scale:
             y = (y.astype(np.float32) - zero) * scale
         return y
 
     def predict(self, x, batch_size=32):
-        """Runs the file on `x` in batches; returns float outputs."""
+        """Runs the file on `x` in batches; int8 outputs come back dequantized."""
         x = self._check_input(x)
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
         outputs = []
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
-            self._resize(len(chunk))
+            self._resize(chunk.shape)
             outputs.append(self._run(chunk))
         return np.concatenate(outputs)
 
     def evaluate(self, x, y, batch_size=32):
         """Classification accuracy of the file on (x, y) with integer labels."""
+        labels = np.asarray(y).reshape(-1)
+        if len(labels) != len(x):
+            raise ValueError(
+                f"`y` must hold one integer label per sample of `x` ({len(x)}). "
+                f"Received: y.shape={np.shape(y)}"
+            )
         predictions = self.predict(x, batch_size=batch_size)
-        return float(np.mean(np.argmax(predictions, axis=-1) == np.asarray(y).reshape(-1)))
+        return float(np.mean(np.argmax(predictions, axis=-1) == labels))
 
     def latency(self, x=None, runs=200, warmup=20):
         """Median seconds of one single-sample `invoke` (input set once, I/O excluded).
@@ -448,7 +472,7 @@ class LiteModel:
         if x is None:
             x = np.random.default_rng(0).random(shape, dtype=np.float32)
         x = self._check_input(x)[:1]
-        self._resize(1)
+        self._resize(x.shape)
         self._run(x)
         invoke = self._interpreter.invoke
         for _ in range(warmup):

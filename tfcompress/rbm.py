@@ -349,6 +349,11 @@ class RBM(keras.layers.Layer):
     global batch and sliced per replica, so a run on N replicas matches a run
     on one device on the same global batch.
 
+    Data passed to `fit` is checked (NaN/inf, and [0, 1] for Bernoulli units)
+    by graph assertions, which XLA drops: with `jit_compile=True` (Keras'
+    `"auto"` choice on GPUs) check the data first, e.g. with
+    `init_visible_bias` or `DBN.pretrain`, which validate arrays.
+
     Args:
         units: number of hidden units, >= 1.
         visible: `"bernoulli"` (data in [0, 1]) or `"gaussian"` (unit
@@ -648,10 +653,13 @@ class RBM(keras.layers.Layer):
         f_neg = _free_energy_from_pre(v_neg, pre_neg, self.visible_bias, self.visible)
         # Sums over this replica's rows divided by global counts: after Keras
         # divides by the replica count and sums gradients, this is the
-        # global-batch mean, also for an uneven last batch.
+        # global-batch mean, also for an uneven last batch. Summed in float32:
+        # a float16 sum of a large batch of free energies overflows.
+        f_data, f_neg = ops.cast(f_data, "float32"), ops.cast(f_neg, "float32")
         loss = (ops.sum(f_data) / layout.total - ops.sum(f_neg) / n_neg) * layout.num_replicas
         if self.sparsity_target is not None and mode == "train":
-            q = ops.clip(ops.mean(p_h, axis=0), 1e-6, 1.0 - 1e-6)
+            # In float32: 1 - 1e-6 rounds to 1 in float16, so log(1 - q) could be -inf.
+            q = ops.clip(ops.cast(ops.mean(p_h, axis=0), "float32"), 1e-6, 1.0 - 1e-6)
             t = self.sparsity_target
             penalty = -ops.sum(t * ops.log(q) + (1.0 - t) * ops.log(1.0 - q))
             loss = loss + self.sparsity_cost * penalty
@@ -761,7 +769,11 @@ class RBM(keras.layers.Layer):
 
 
 class _Layout:
-    """Where this replica's rows sit in the global batch."""
+    """Where this replica's rows sit in the global batch.
+
+    `total` (the global row count) is float32 whatever the compute dtype:
+    bfloat16 holds integers exactly only up to 256, float16 up to 2048.
+    """
 
     def __init__(self, num_replicas, replica_id, rows, offset, total):
         self.num_replicas = num_replicas
@@ -777,11 +789,11 @@ def _replica_layout(v):
     ctx = tf.distribute.get_replica_context()
     n = strategy.num_replicas_in_sync
     if n == 1 or ctx is None:
-        return _Layout(1, 0, rows, 0, ops.cast(rows, v.dtype))
+        return _Layout(1, 0, rows, 0, ops.cast(rows, "float32"))
     sizes = ctx.all_gather(tf.shape(v)[:1], axis=0)
     replica_id = ctx.replica_id_in_sync_group
     offset = tf.reduce_sum(tf.where(tf.range(n) < replica_id, sizes, 0))
-    return _Layout(n, replica_id, rows, offset, ops.cast(tf.reduce_sum(sizes), v.dtype))
+    return _Layout(n, replica_id, rows, offset, ops.cast(tf.reduce_sum(sizes), "float32"))
 
 
 def _draw(fn, like, gen, layout=None):
@@ -842,13 +854,17 @@ class FreeEnergyGap(keras.callbacks.Callback):
         self.train_data = np.asarray(train_data)
         self.validation_data = np.asarray(validation_data)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_train_begin(self, logs=None):
+        # Checked here, not after a whole epoch of training.
         layers = self.model.layers
         if not layers or not isinstance(layers[-1], RBM):
             raise ValueError(
                 "FreeEnergyGap needs a model whose last layer is an RBM. "
                 f"Received: model with last layer {layers[-1].name if layers else None}"
             )
+
+    def on_epoch_end(self, epoch, logs=None):
+        layers = self.model.layers
         rbm = layers[-1]
         means = []
         for data in (self.validation_data, self.train_data):

@@ -135,10 +135,9 @@ class CompressionReport:
     def plot(self, path):
         """Writes a size-vs-accuracy scatter plot (gzip bytes, log scale) to a PNG."""
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            # A bare Figure draws without pyplot, so the caller's backend (a notebook's
+            # inline one, say) is left as it was.
+            from matplotlib.figure import Figure
         except ImportError as e:
             raise ImportError(
                 "plot() needs matplotlib: pip install 'tfcompress[plots]'"
@@ -146,7 +145,8 @@ class CompressionReport:
         rows = [r for r in self.rows if r["accuracy"] is not None]
         if not rows:
             raise ValueError("plot() needs accuracies: build the report with `x` and `y`.")
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.subplots()
         for row in rows:
             ax.scatter(row["gzip_bytes"] / 1024, 100 * row["accuracy"])
             ax.annotate(row["name"], (row["gzip_bytes"] / 1024, 100 * row["accuracy"]),
@@ -158,7 +158,6 @@ class CompressionReport:
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         return path
 
 
@@ -179,7 +178,8 @@ def compression_report(models, x=None, y=None, *, latency_runs=100):
 
     Raises:
         ValueError: if `models` is empty or holds something that is neither a
-            Keras model nor a TFLite file, or if `x` is given without `y`.
+            Keras model nor a TFLite file, or if `x` is given without `y` or
+            with another number of labels (checked before anything is measured).
 
     Example:
         >>> print(compression_report({"float": model, "int8": "m_int8.tflite"}, x_te, y_te))
@@ -190,17 +190,23 @@ def compression_report(models, x=None, y=None, *, latency_runs=100):
         )
     if (x is None) != (y is None):
         raise ValueError(f"Pass both `x` and `y`, or neither. Received: x is None={x is None}")
-    rows = []
+    if x is not None and len(x) != np.size(y):
+        raise ValueError(
+            f"`y` must hold one label per sample of `x` ({len(x)}). "
+            f"Received: y.shape={np.shape(y)}"
+        )
     for name, item in models.items():
-        if isinstance(item, keras.Model):
-            row = _keras_row(item, x, y, latency_runs)
-        elif isinstance(item, (bytes, bytearray, str, os.PathLike)):
-            row = _tflite_row(item, x, y, latency_runs)
-        else:
+        if not isinstance(item, (keras.Model, bytes, bytearray, str, os.PathLike)):
             raise ValueError(
                 f"`models[{name!r}]` must be a keras.Model, a .tflite path or bytes. "
                 f"Received: {type(item).__name__}"
             )
+    rows = []
+    for name, item in models.items():
+        if isinstance(item, keras.Model):
+            row = _keras_row(item, x, y, latency_runs)
+        else:
+            row = _tflite_row(item, x, y, latency_runs)
         row["sparsity"] = 1.0 - row["nonzero"] / row["params"] if row["params"] else 0.0
         rows.append({"name": name, **row})
     return CompressionReport(rows)

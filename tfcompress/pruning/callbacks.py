@@ -65,13 +65,13 @@ class UpdatePruningStep(keras.callbacks.Callback):
     """Updates the masks before each training batch when the schedule says so.
 
     The step is the training model's `optimizer.iterations` (the number of
-    steps done), so it survives
-    saving, reloading and several `fit` calls, and counts optimizer steps (not
-    forward calls). When training ends, a mask update due at the next step is
-    applied too, so `end_step = epochs * steps_per_epoch` (tfmot's recipe)
-    ends exactly at the final sparsity. `PrunedModel.fit` and `Distiller.fit`
-    (pruned student) add this callback by themselves when it is missing; pass it
-    explicitly when another model that holds a pruned model is trained.
+    steps done), so it survives saving, reloading and several `fit` calls, and
+    counts optimizer steps (not forward calls). When training ends, a mask
+    update due at the next step is applied too, so `end_step = epochs *
+    steps_per_epoch` (tfmot's recipe) ends exactly at the final sparsity.
+    `PrunedModel.fit` and `Distiller.fit` (pruned student) add this callback by
+    themselves when it is missing; pass it explicitly when another model that
+    holds a pruned model is trained.
 
     Raises:
         ValueError: at the start of training, when the model holds no pruned model.

@@ -19,8 +19,11 @@ _LO_BINS = 1 << 16
 def num_to_prune(size, sparsity):
     """Number of weights to prune: ceil(sparsity * size), at float32 tolerance.
 
-    Ties and rounding never leave the sparsity below its target; the tolerance
-    of one float32 ulp of `sparsity` keeps 0.8 * 1000 at 800, not 801.
+    The fewest k whose fraction k / size rounds (in float32) to no less than the
+    float32 `sparsity`: ties and rounding never leave the sparsity below its
+    target, and the float32 0.8 (0.800000012) still gives 800 of 1000, not 801.
+    The tolerance is half an ulp of `sparsity` times `size`, so a large weight
+    (an embedding of millions of entries) is not left a few weights short.
 
     Args:
         size: Number of weights (int or scalar tensor).
@@ -29,9 +32,12 @@ def num_to_prune(size, sparsity):
     Returns:
         Scalar int32 tensor.
     """
+    target = tf.cast(sparsity, tf.float32)
+    below = tf.math.nextafter(target, tf.zeros_like(target))
     size = tf.cast(size, tf.float64)
-    exact = tf.cast(sparsity, tf.float64) * size
-    k = tf.math.ceil(exact - size * 2.0**-23)
+    # Lower edge of the float32 rounding interval of `target`, in weights.
+    edge = (tf.cast(target, tf.float64) + tf.cast(below, tf.float64)) / 2.0 * size
+    k = tf.where(target > 0, tf.floor(edge) + 1.0, 0.0)
     return tf.cast(tf.clip_by_value(k, 0.0, size), tf.int32)
 
 

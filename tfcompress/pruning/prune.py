@@ -20,6 +20,7 @@ each applies the same mask to its own copy.
 import contextlib
 import dataclasses
 import numbers
+from collections.abc import Iterable
 
 import keras
 import tensorflow as tf
@@ -170,7 +171,10 @@ def _matches(layer, spec):
 def _check_selector(name, value):
     if value is None:
         return []
-    items = [value] if isinstance(value, (str, type)) or callable(value) else list(value)
+    if isinstance(value, (str, type)) or callable(value) or not isinstance(value, Iterable):
+        items = [value]  # one selector, or a bad value reported below
+    else:
+        items = list(value)
     for item in items:
         if not (isinstance(item, (str, type)) or callable(item)):
             raise ValueError(
@@ -385,7 +389,7 @@ class PrunedModel(keras.Model):
         candidates = _candidates(self.model)
         names = _weight_names(candidates)
         indices = range(len(candidates)) if self.weight_indices is None else self.weight_indices
-        if not candidates or any(i >= len(candidates) for i in indices) or not list(indices):
+        if not candidates or not list(indices):
             found = _layer_types(self.model)
             raise ValueError(
                 "Found no prunable weights to prune. Layer types found: "
@@ -393,6 +397,11 @@ class PrunedModel(keras.Model):
                 "Embedding, LSTM/GRU/SimpleRNN cells and layers with `get_prunable_weights()`; "
                 "see `register_prunable_layer`. "
                 f"Received: model={self.model.name}, weight_indices={self.weight_indices}"
+            )
+        if any(not 0 <= i < len(candidates) for i in indices) or len(set(indices)) < len(indices):
+            raise ValueError(
+                f"`weight_indices` must be distinct positions in [0, {len(candidates)}) of the "
+                f"prunable weights {names}. Received: weight_indices={self.weight_indices}"
             )
         chosen = [(names[i], candidates[i][2]) for i in indices]
         _check_m_by_n_shapes([n for n, _ in chosen], [v for _, v in chosen], self.sparsity_m_by_n)
@@ -447,7 +456,13 @@ class PrunedModel(keras.Model):
 
     def _update(self, step):
         step = tf.cast(step, tf.int64)
-        should_prune, sparsity = self.pruning_schedule(step)
+        if isinstance(self.pruning_schedule, schedules.PruningSchedule):
+            # `fit` calls this once per `steps_per_execution` steps: catch up a skipped turn.
+            step = tf.cast(self.pruning_schedule.last_turn(step), tf.int64)
+            should_prune = step >= 0
+            sparsity = self.pruning_schedule.sparsity(step)
+        else:
+            should_prune, sparsity = self.pruning_schedule(step)
         due = tf.logical_and(
             tf.cast(should_prune, tf.bool), tf.not_equal(step, self.pruning_step.value)
         )
@@ -466,7 +481,10 @@ class PrunedModel(keras.Model):
         """Updates the masks if the schedule prunes at `step`; returns whether it did.
 
         Call it before each training step in a custom training loop (`fit` does
-        it through `UpdatePruningStep`). Pruned weights are zeroed at once.
+        it through `UpdatePruningStep`). Pruned weights are zeroed at once. With
+        a `PolynomialDecay` or `ConstantSparsity`, a pruning turn skipped since
+        the last update (`fit` with `steps_per_execution > 1` calls this once
+        per execution) is applied, at that turn's sparsity.
 
         Args:
             step: The training step; by default this model's optimizer iteration count.

@@ -59,6 +59,18 @@ class PruningSchedule:
             turn = ops.logical_or(turn, ops.equal(step, end))
         return ops.logical_and(in_range, turn)
 
+    def last_turn(self, step):
+        """Int64 tensor: the latest pruning turn at or before `step`, or -1 before any.
+
+        `PrunedModel` prunes at this turn when it has not yet, so a turn that
+        falls between two calls (`steps_per_execution > 1`) is caught up.
+        """
+        step = ops.cast(step, "int64")
+        turn = step - ops.mod(step - self.begin_step, self.frequency)
+        if self.end_step != -1:
+            turn = ops.where(step >= self.end_step, self.end_step, turn)
+        return ops.where(step >= self.begin_step, turn, -1)
+
     def __call__(self, step):
         return self.should_prune(step), self.sparsity(step)
 
@@ -94,7 +106,7 @@ class PolynomialDecay(PruningSchedule):
 
     Raises:
         ValueError: a sparsity outside [0, 1), `end_step < begin_step`,
-            `frequency < 1`, a negative step or a non-positive `power`.
+            `frequency < 1`, a negative `begin_step` or a non-positive `power`.
 
     Example:
         >>> s = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=100, frequency=10)

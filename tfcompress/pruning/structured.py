@@ -118,17 +118,15 @@ def _trace(model, name, graph):
             return None
         for child_name in consumers.get(current, []):
             child = model.get_layer(child_name)
-            if child_name in awkward:
+            if child_name in awkward or getattr(child, "data_format", None) == "channels_first":
+                # A channels-first Flatten or pooling reorders or reduces the channel axis.
                 return None
             if isinstance(child, _CONSUMERS) and (
                 isinstance(child, keras.layers.Dense) or _is_channels_last_conv(child)
             ):
                 found.append((child_name, "input", positions))
-            elif isinstance(child, keras.layers.BatchNormalization) and child.axis in (-1, [-1]):
-                found.append((child_name, "bn", positions))
-                frontier.append((child_name, positions))
             elif isinstance(child, keras.layers.BatchNormalization):
-                if list(np.atleast_1d(child.axis)) != [len(child.input.shape) - 1]:
+                if child.axis not in (-1, len(child.input.shape) - 1):
                     return None
                 found.append((child_name, "bn", positions))
                 frontier.append((child_name, positions))

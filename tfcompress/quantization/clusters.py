@@ -39,13 +39,15 @@ def _distinct_nonzero(view):
     return counts
 
 
-def _is_clustered(counts):
+def _is_clustered(counts, check):
     distinct = sum(c for c, _ in counts)
     nonzero = sum(n for _, n in counts)
-    return max(c for c, _ in counts) <= MAX_CLUSTERS and (distinct <= 1 or 2 * distinct <= nonzero)
+    if max(c for c, _ in counts) > MAX_CLUSTERS:
+        return False
+    return not check or distinct <= 1 or 2 * distinct <= nonzero
 
 
-def cluster_layout(kernel, depthwise, layer_name, attr="kernel"):
+def cluster_layout(kernel, depthwise, layer_name, attr="kernel", check=True):
     """Centroids and indices that rebuild `kernel` exactly.
 
     Args:
@@ -54,6 +56,11 @@ def cluster_layout(kernel, depthwise, layer_name, attr="kernel"):
             output channels are the last two axes together.
         layer_name: the layer's name, for the error message.
         attr: the kernel's attribute name, for the error message.
+        check: apply the "is it clustered" rule of the module doc. `False`
+            for a kernel already checked before BatchNorm folding scaled
+            each output channel (a clustered channel of few weights, e.g.
+            3x3 depthwise, then looks unclustered): only the
+            `MAX_CLUSTERS` bound is kept.
 
     Returns:
         `(centroids, indices)`: float32 ``(groups, k)`` centroids (one row, or
@@ -73,7 +80,7 @@ def cluster_layout(kernel, depthwise, layer_name, attr="kernel"):
     for per_channel in (False, True):
         view = _groups(kernel, depthwise, per_channel)
         counts = _distinct_nonzero(view)
-        if _is_clustered(counts):
+        if _is_clustered(counts, check):
             break
     else:
         distinct, nonzero = len(np.unique(kernel[kernel != 0])), int(np.sum(kernel != 0))

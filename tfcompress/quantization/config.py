@@ -1,5 +1,7 @@
 """Per-layer quantization settings: opt-out and custom scheme."""
 
+import numbers
+
 from tfcompress._serialization import register
 
 _MODES = ("int8", "float")
@@ -36,8 +38,9 @@ class QuantizeConfig:
 
     Raises:
         ValueError: for a mode other than `"int8"`/`"float"`, `num_bits != 8`, an
-            unknown granularity, `ema_decay` outside `[0, 1)` or a
-            `preserve_clusters` other than `None`/`True`/`False`.
+            unknown granularity, `ema_decay` outside `[0, 1)`, a non-bool
+            `preserve_sparsity` or a `preserve_clusters` other than
+            `None`/`True`/`False`.
 
     Example:
         >>> cfg = QuantizeConfig(mode="float")
@@ -66,8 +69,13 @@ class QuantizeConfig:
                 f"`weight_granularity` must be one of {_GRANULARITIES}. "
                 f"Received: weight_granularity={weight_granularity}"
             )
-        if not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
+        if not is_decay(ema_decay):
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
+        if preserve_sparsity not in (True, False):
+            raise ValueError(
+                "`preserve_sparsity` must be True or False. "
+                f"Received: preserve_sparsity={preserve_sparsity}"
+            )
         if preserve_clusters not in (None, True, False):
             raise ValueError(
                 "`preserve_clusters` must be None, True or False. "
@@ -100,3 +108,8 @@ class QuantizeConfig:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"QuantizeConfig({args})"
+
+
+def is_decay(value):
+    """Whether `value` is a real number in ``[0, 1)`` (NumPy scalars included)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0

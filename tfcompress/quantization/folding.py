@@ -39,6 +39,9 @@ def fold_batch_norm(kernel, bias, bn, depthwise=False):
     Returns:
         ``(kernel, bias)`` float32 NumPy arrays of the folded layer.
 
+    Raises:
+        ValueError: if `bn` has not as many channels as the kernel has outputs.
+
     Example:
         >>> import keras
         >>> bn = keras.layers.BatchNormalization(); bn.build((None, 3))
@@ -49,6 +52,12 @@ def fold_batch_norm(kernel, bias, bn, depthwise=False):
     scale, shift = batch_norm_scale_shift(bn)
     kernel = np.asarray(kernel, dtype=np.float64)
     channel_shape = kernel.shape[-2:] if depthwise else kernel.shape[-1:]
+    if scale.size != int(np.prod(channel_shape)):
+        raise ValueError(
+            f"`bn` normalizes {scale.size} channels but the kernel has "
+            f"{int(np.prod(channel_shape))} output channels (depthwise={depthwise}). "
+            f"Received: kernel.shape={kernel.shape}"
+        )
     folded_kernel = kernel * scale.reshape(channel_shape)
     bias = np.zeros_like(scale) if bias is None else np.asarray(bias, dtype=np.float64)
     return folded_kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)

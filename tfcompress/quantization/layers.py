@@ -7,7 +7,7 @@ from keras import ops
 
 from tfcompress._serialization import register
 from tfcompress.quantization import clusters, quantizers, registry
-from tfcompress.quantization.config import QuantizeConfig
+from tfcompress.quantization.config import QuantizeConfig, is_decay
 
 # Tensors that are already on an int8 grid, keyed by id. A wrapper inside a
 # subclassed model skips its input range when the tensor comes straight from
@@ -43,7 +43,7 @@ class ActivationQuantizer(keras.layers.Layer):
 
     Raises:
         ValueError: if `ema_decay` is outside `[0, 1)` or `fixed_range` is not an
-            ordered pair containing 0.
+            ordered pair of distinct numbers containing 0.
 
     Example:
         >>> q = ActivationQuantizer()
@@ -64,15 +64,16 @@ class ActivationQuantizer(keras.layers.Layer):
         # under a mixed-precision policy too, and the exported graph has no casts.
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        if not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
+        if not is_decay(ema_decay):
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
         if fixed_range is not None:
-            if len(fixed_range) != 2 or not fixed_range[0] <= 0.0 <= fixed_range[1]:
+            pair = _range_pair(fixed_range)
+            if pair is None:
                 raise ValueError(
-                    "`fixed_range` must be a (min, max) pair with min <= 0 <= max. "
-                    f"Received: fixed_range={fixed_range}"
+                    "`fixed_range` must be a (min, max) pair of numbers with min <= 0 <= max "
+                    f"and min < max. Received: fixed_range={fixed_range}"
                 )
-            fixed_range = (float(fixed_range[0]), float(fixed_range[1]))
+            fixed_range = pair
         self.ema_decay = float(ema_decay)
         self.fixed_range = fixed_range
 
@@ -130,9 +131,10 @@ class QuantizeWrapper(keras.layers.Layer):
     activations get a range before and after them. Layers without weights
     (Add, Concatenate, activations, global average pooling) get an output range.
     The wrapped layer keeps its own float variables: they are what training
-    updates. Under a mixed-precision policy the wrapper and the wrapped layer
-    compute in float32 (the int8 grid is simulated in float32, and the exported
-    graph then has no casts between fake-quant ops).
+    updates (clustered kernels excepted, see below). Under a mixed-precision
+    policy the wrapper and the wrapped layer compute in float32 (the int8 grid
+    is simulated in float32, and the exported graph then has no casts between
+    fake-quant ops).
 
     With `quantize_config.preserve_clusters` each kernel is computed as
     `centroids[indices]`: the wrapper holds trainable `{kernel}_centroids`
@@ -255,9 +257,15 @@ class QuantizeWrapper(keras.layers.Layer):
             return
         layouts = None
         if self.cluster_shapes is None:
+            # `quantize_model` checked the kernels before folding BatchNorm into them
+            check = not getattr(self, "_clusters_checked", False)
             layouts = [
                 clusters.cluster_layout(
-                    getattr(self.layer, attr).numpy(), self._depthwise(i), self.layer.name, attr
+                    getattr(self.layer, attr).numpy(),
+                    self._depthwise(i),
+                    self.layer.name,
+                    attr,
+                    check=check,
                 )
                 for i, attr in enumerate(self.kind.kernels)
             ]
@@ -363,6 +371,15 @@ class QuantizeWrapper(keras.layers.Layer):
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         config["quantize_config"] = keras.saving.deserialize_keras_object(config["quantize_config"])
         return cls(**config)
+
+
+def _range_pair(value):
+    """`value` as a float `(min, max)` with ``min <= 0 <= max``, ``min < max``; else None."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if lo <= 0.0 <= hi and lo < hi else None
 
 
 def _init_from(values):

@@ -59,9 +59,9 @@ def quantize_model(
             layers), is already quantized, is a `tfc.pruning.PrunedModel`
             (strip it first), has no quantizable layer, `layer_configs` names unknown
             layers or holds non-`QuantizeConfig` values, `fully_int8` is set
-            and some layers would stay float (they are named), `preserve_clusters`
-            is not a bool, or a layer selected for cluster preservation has a
-            kernel that is not clustered (it is named).
+            and some layers would stay float (they are named), `preserve_clusters`,
+            `preserve_sparsity` or `fully_int8` is not a bool, or a layer selected
+            for cluster preservation has a kernel that is not clustered (it is named).
 
     Example:
         >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
@@ -77,17 +77,22 @@ def quantize_model(
     """
     _check_model(model)
     _check_layer_configs(layer_configs)
-    if not isinstance(preserve_clusters, (bool, np.bool_)):
-        raise ValueError(
-            "`preserve_clusters` must be True or False. "
-            f"Received: preserve_clusters={preserve_clusters}"
-        )
-    preserve = (preserve_sparsity, bool(preserve_clusters))
+    flags = dict(
+        preserve_sparsity=preserve_sparsity,
+        fully_int8=fully_int8,
+        preserve_clusters=preserve_clusters,
+    )
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"`{name}` must be True or False. Received: {name}={value}")
+    preserve = (bool(preserve_sparsity), bool(preserve_clusters))
     if _is_graph_model(model):
         rewriter = _GraphRewriter(model, layer_configs or {}, preserve, True)
         return rewriter.run(fully_int8)
-    paths = _resolve_subclassed(model, layer_configs or {}, preserve, fully_int8)
-    return QuantizedModel(_copy_subclassed(model), layer_configs=paths)
+    paths, sub_models = _resolve_subclassed(model, layer_configs or {}, preserve, fully_int8)
+    return QuantizedModel(
+        _copy_subclassed(model), layer_configs=paths, sub_model_configs=sub_models
+    )
 
 
 def fold_batch_norms(model):
@@ -182,6 +187,14 @@ def _is_graph_model(model):
     return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
 
 
+def _as_functional(model):
+    if type(model).__name__ == "Functional":
+        return model
+    # A Sequential takes one tensor: a one-item list of inputs would make Keras
+    # warn about the input structure at every call of the QAT model.
+    return keras.Model(model.inputs[0], model.outputs, name=model.name)
+
+
 def _has_zeros(layer):
     kind = registry.weighted_kind(layer)
     return any(np.any(getattr(layer, attr).numpy() == 0) for attr in kind.kernels)
@@ -214,7 +227,7 @@ def _report_float(unsupported, opted_out, fully_int8):
             f"Leaving these layers in float (no int8 support): {unsupported}. TFLite runs "
             "them in float between dequantize/quantize ops; pass "
             'QuantizeConfig(mode="float") for them to silence this.',
-            stacklevel=3,
+            stacklevel=4,  # the user's quantize_model call
         )
 
 
@@ -258,13 +271,12 @@ def _sole_consumer(layer, model_output_ids):
 class _GraphRewriter:
     """Rebuilds a Sequential/Functional model with quantized (or folded) layers."""
 
-    def __init__(self, model, layer_configs, preserve, quantize):
-        self.model = (
-            model
-            if type(model).__name__ == "Functional"
-            else keras.Model(model.inputs, model.outputs, name=model.name)
-        )
+    def __init__(self, model, layer_configs, preserve, quantize, resolved=False):
+        # `resolved`: `layer_configs` are final per-layer configs (a sub-model of a
+        # QuantizedModel being rebuilt): nothing is decided from the weights.
+        self.model = _as_functional(model)
         self.quantize = quantize
+        self.resolved = resolved
         self.plan = {}
         self.float_names = []
         self.opted_out = []
@@ -294,7 +306,10 @@ class _GraphRewriter:
 
     def _plan_weighted(self, layer, layer_configs, preserve, output_ids):
         kind = registry.weighted_kind(layer)
-        config = _resolved_config(layer, layer_configs, preserve)
+        if self.resolved:
+            config = layer_configs.get(layer.name) or QuantizeConfig(preserve_sparsity=False)
+        else:
+            config = _resolved_config(layer, layer_configs, preserve)
         linear = registry.activation_name(layer) == "linear"
         nxt = _sole_consumer(layer, output_ids) if linear else None
         bn = None
@@ -322,7 +337,7 @@ class _GraphRewriter:
         self.n_quantized += quantized
         self.plan[id(layer)] = ("weighted", config if quantized else None, bn, act)
 
-    def run(self, fully_int8):
+    def run(self, fully_int8, report=True):
         if self.quantize:
             if not self.n_quantized:
                 raise ValueError(
@@ -330,7 +345,8 @@ class _GraphRewriter:
                     "DepthwiseConv, SeparableConv, RBM). Received: model="
                     f"{self.model.name} with layers {[layer.name for layer in self.model.layers]}"
                 )
-            _report_float(self.float_names, self.opted_out, fully_int8)
+            if report:
+                _report_float(self.float_names, self.opted_out, fully_int8)
         return keras.models.clone_model(
             self.model, clone_function=lambda layer: layer, call_function=self._call
         )
@@ -350,7 +366,7 @@ class _GraphRewriter:
         if id(layer) not in self.copies:
             if action[0] == "weighted":
                 copy = _copy_layer(layer, bn=action[2], activation=action[3])
-                self.copies[id(layer)] = QuantizeWrapper(copy, action[1])
+                self.copies[id(layer)] = _checked(QuantizeWrapper(copy, action[1]))
             else:
                 self.copies[id(layer)] = QuantizeWrapper(_copy_layer(layer), action[1])
         out = self.copies[id(layer)](inputs)
@@ -377,6 +393,12 @@ class _GraphRewriter:
             self.quantized_ids.add(id(out))
             self.input_quantizers[id(inputs)] = out
         return self.input_quantizers[id(inputs)]
+
+
+def _checked(wrapper):
+    """Marks a wrapper whose clustered kernels `_resolved_config` checked (before folding)."""
+    wrapper._clusters_checked = True
+    return wrapper
 
 
 def _layer_slots(obj, prefix=""):
@@ -407,15 +429,44 @@ def _walk_subclassed(obj, prefix=""):
         yield path, owner, name, index, layer, role
 
 
+def _plan_sub_model(layer, layer_configs, preserve, config):
+    """Plans a Sequential/Functional sub-model of a subclassed model.
+
+    Returns its `_GraphRewriter` and the final config of its layers keyed by
+    position in the Functional form (names are not stable: re-creating the
+    subclassed model, as copying and `.keras` loading do, renames them).
+    """
+    names = {sub.name for sub in layer.layers}  # a model nested deeper stays float
+    own = {name: c for name, c in layer_configs.items() if name in names}
+    wants = preserve[1] if config.preserve_clusters is None else config.preserve_clusters
+    if wants or any(c.preserve_clusters for c in own.values()):
+        raise ValueError(
+            "`preserve_clusters` is not supported for a Sequential/Functional sub-model "
+            f"inside a subclassed model: '{layer.name}'. Quantize it on its own, or "
+            f"leave it out with layer_configs={{'{layer.name}': "
+            "QuantizeConfig(preserve_clusters=False)}. Received: preserve_clusters=True"
+        )
+    rewriter = _GraphRewriter(layer, own, (preserve[0], False), True)
+    configs = {}
+    for i, sub in enumerate(rewriter.model.layers):
+        action = rewriter.plan[id(sub)]
+        if action[0] == "weighted":
+            configs[str(i)] = action[1] or QuantizeConfig(mode="float")
+        elif sub.name in own:
+            configs[str(i)] = own[sub.name]
+    return rewriter, configs
+
+
 def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
-    """Per attribute path, the QuantizeConfig of each layer to quantize."""
+    """Per attribute path, the QuantizeConfig of each layer to quantize, and for
+    Sequential/Functional sub-models the configs of their layers."""
     slots = list(_walk_subclassed(model))
     names = [slot[4].name for slot in slots]
     for slot in slots:
         if slot[5] == "graph":
             names += [layer.name for layer in slot[4]._flatten_layers(include_self=False)]
     _check_names(names, layer_configs)
-    resolved, unsupported, opted_out, unbuilt, n_weighted = {}, [], [], [], 0
+    resolved, sub_models, unsupported, opted_out, unbuilt, n_weighted = {}, {}, [], [], [], 0
     for path, _, _, _, layer, role in slots:
         config = layer_configs.get(layer.name) or QuantizeConfig()
         if config.mode == "float":
@@ -430,17 +481,13 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
             unbuilt.append(layer.name)
             continue
         if role == "graph":
-            if preserve[1] if config.preserve_clusters is None else config.preserve_clusters:
-                raise ValueError(
-                    "`preserve_clusters` is not supported for a Sequential/Functional sub-model "
-                    f"inside a subclassed model: '{layer.name}'. Quantize it on its own, or "
-                    f"leave it out with layer_configs={{'{layer.name}': "
-                    "QuantizeConfig(preserve_clusters=False)}. Received: preserve_clusters=True"
-                )
-            n_weighted += any(
-                registry.role(sub) == "weighted"
-                for sub in layer._flatten_layers(include_self=False)
-            )
+            rewriter, sub_models[path] = _plan_sub_model(layer, layer_configs, preserve, config)
+            unsupported += rewriter.float_names
+            opted_out += rewriter.opted_out
+            n_weighted += rewriter.n_quantized
+            if not rewriter.n_quantized:
+                del sub_models[path]
+                continue
         elif role == "weighted":
             n_weighted += 1
             config = _resolved_config(layer, layer_configs, preserve)
@@ -457,7 +504,7 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
             f"SeparableConv, RBM). Received: model={model.name}"
         )
     _report_float(unsupported, opted_out, fully_int8)
-    return resolved
+    return resolved, sub_models
 
 
 def _copy_subclassed(model):
@@ -495,6 +542,10 @@ class QuantizedModel(keras.Model):
         cluster_shapes: dict mapping attribute paths to the centroid shapes of
             cluster-preserving wrappers (set by `.keras` loading; `None` derives
             them from the kernels).
+        sub_model_configs: dict mapping the attribute paths of Sequential/
+            Functional sub-models to the final `QuantizeConfig` of their layers,
+            keyed by position (as strings) in the sub-model's Functional form
+            (set by `quantize_model`; `None` quantizes them with the defaults).
         **kwargs: base `Model` arguments.
 
     Raises:
@@ -506,7 +557,9 @@ class QuantizedModel(keras.Model):
         True
     """
 
-    def __init__(self, model, layer_configs=None, cluster_shapes=None, **kwargs):
+    def __init__(
+        self, model, layer_configs=None, cluster_shapes=None, sub_model_configs=None, **kwargs
+    ):
         if not isinstance(model, keras.Model) or not model.built:
             raise ValueError(f"`model` must be a built Keras model. Received: model={model}")
         super().__init__(**kwargs)
@@ -519,9 +572,12 @@ class QuantizedModel(keras.Model):
                 f"Received: layer_configs={layer_configs}"
             )
         shapes = dict(cluster_shapes or {})
+        self.sub_model_configs = {
+            path: dict(configs) for path, configs in (sub_model_configs or {}).items()
+        }
         self.cluster_shapes = {}
         for path, config in self.layer_configs.items():
-            new = _replace(slots[path], config, shapes.get(path))
+            new = _replace(slots[path], config, shapes.get(path), self.sub_model_configs.get(path))
             if getattr(new, "cluster_shapes", None) is not None:
                 self.cluster_shapes[path] = [list(shape) for shape in new.cluster_shapes]
         self.model = model
@@ -545,6 +601,11 @@ class QuantizedModel(keras.Model):
         }
         if self.cluster_shapes:
             config["cluster_shapes"] = self.cluster_shapes
+        if self.sub_model_configs:
+            config["sub_model_configs"] = {
+                path: {i: keras.saving.serialize_keras_object(c) for i, c in configs.items()}
+                for path, configs in self.sub_model_configs.items()
+            }
         return {**super().get_config(), **config}
 
     @classmethod
@@ -555,12 +616,21 @@ class QuantizedModel(keras.Model):
             path: keras.saving.deserialize_keras_object(value)
             for path, value in config["layer_configs"].items()
         }
+        if "sub_model_configs" in config:
+            config["sub_model_configs"] = {
+                path: {i: keras.saving.deserialize_keras_object(c) for i, c in configs.items()}
+                for path, configs in config["sub_model_configs"].items()
+            }
         return cls(**config)
 
 
-def _replace(slot, config, cluster_shapes=None):
+def _replace(slot, config, cluster_shapes=None, sub_model_configs=None):
     path, owner, name, index, layer, role = slot
-    if role == "graph":
+    if role == "graph" and config.mode == "int8" and sub_model_configs is not None:
+        graph = _as_functional(layer)
+        by_name = {graph.layers[int(i)].name: c for i, c in sub_model_configs.items()}
+        new = _GraphRewriter(graph, by_name, (True, False), True, resolved=True).run(False, False)
+    elif role == "graph":
         new = quantize_model(layer) if config.mode == "int8" else layer
     else:
         new = QuantizeWrapper(layer, config, quantize_inputs=True, cluster_shapes=cluster_shapes)
