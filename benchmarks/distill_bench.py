@@ -116,12 +116,13 @@ def accuracy_study(epochs, seeds, hidden=(32,)):
 def _epoch_rates(runs, n, batch_size, repeats):
     """Samples/s of one epoch for each `(model, x, target)`, median of `repeats`.
 
-    Every model is traced first, then the epochs are timed round-robin so that a
-    change of machine load hits all of them alike.
+    Every model is traced and warmed up first (two full epochs: on this CPU the
+    second epoch of a fresh model is still ~1.7x slower than the steady state, and
+    a 2-batch warm-up left that cost in the timed epochs), then the epochs are
+    timed round-robin so that a change of machine load hits all of them alike.
     """
     for model, x, target in runs:
-        model.fit(x[: batch_size * 2], _head(target, batch_size * 2), batch_size=batch_size,
-                  epochs=1, verbose=0)  # trace once
+        model.fit(x, target, batch_size=batch_size, epochs=2, verbose=0, shuffle=False)
     times = [[] for _ in runs]
     for _ in range(repeats):
         for i, (model, x, target) in enumerate(runs):
@@ -129,12 +130,6 @@ def _epoch_rates(runs, n, batch_size, repeats):
             model.fit(x, target, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
             times[i].append(time.perf_counter() - start)
     return [n / statistics.median(t) for t in times]
-
-
-def _head(target, n):
-    if isinstance(target, dict):
-        return {k: v[:n] for k, v in target.items()}
-    return target[:n]
 
 
 def _keras_distiller(teacher, student):
@@ -211,7 +206,7 @@ def main(argv=None):
               f"  distilled {r['mean_distilled']:.4f} (int8 {r['mean_distilled_int8']:.4f})"
               "  mean of 3 seeds")
     cost = cost_study(n=4096 if args.quick else 16384, batch_size=256,
-                      repeats=2 if args.quick else 3)
+                      repeats=2 if args.quick else 5)
     print(f"cost: teacher {cost['teacher_params']} / student {cost['student_params']} params "
           f"= {cost['param_ratio']:.2f}x")
     print(f"  plain student epoch : {cost['plain_samples_per_s']:.0f} samples/s (anchor)")

@@ -96,7 +96,7 @@ def digits_row(name, build, data):
     return row
 
 
-def interleaved_epochs(plain, qat, x, y, pairs=5):
+def interleaved_epochs(plain, qat, x, y, pairs=9):
     """Alternates one plain and one QAT epoch `pairs` times after a warm-up of each.
 
     Interleaving keeps both models under the same machine load (the machine is
@@ -104,7 +104,7 @@ def interleaved_epochs(plain, qat, x, y, pairs=5):
     """
     for model in (plain, qat):
         model.compile(keras.optimizers.Adam(1e-3), LOSS)
-        model.fit(x, y, batch_size=256, epochs=1, verbose=0)
+        model.fit(x, y, batch_size=256, epochs=2, verbose=0)  # trace and warm up
     times = {"plain": [], "qat": []}
     for _ in range(pairs):
         for name, model in (("plain", plain), ("qat", qat)):
@@ -121,8 +121,8 @@ def interleaved_epochs(plain, qat, x, y, pairs=5):
 
 def overhead():
     rng = np.random.default_rng(0)
-    x = rng.uniform(size=(4096, 784)).astype(np.float32)
-    y = rng.integers(0, 10, 4096)
+    x = rng.uniform(size=(8192, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 8192)
 
     def big():
         keras.utils.set_random_seed(0)
@@ -183,15 +183,15 @@ blob = size(q, quant=True)
 out = dict(float_acc=float_acc, ptq_acc=lite_acc(ptq), ptq_bytes=len(ptq),
            qat_acc=lite_acc(blob), qat_bytes=len(blob), float_bytes=len(size(m)))
 rng = np.random.default_rng(0)
-bx = rng.uniform(size=(4096, 784)).astype(np.float32)
-by = rng.integers(0, 10, 4096)
+bx = rng.uniform(size=(8192, 784)).astype(np.float32)
+by = rng.integers(0, 10, 8192)
 plain_m = mlp((784,), (1024, 1024))
 qat_m = tfmot.quantization.keras.quantize_model(mlp((784,), (1024, 1024)))
 for model in (plain_m, qat_m):
     model.compile(k.optimizers.Adam(1e-3), loss)
-    model.fit(bx, by, batch_size=256, epochs=1, verbose=0)
+    model.fit(bx, by, batch_size=256, epochs=2, verbose=0)
 t = {{"plain": [], "qat": []}}
-for _ in range(5):
+for _ in range(9):
     for name, model in (("plain", plain_m), ("qat", qat_m)):
         s = time.perf_counter()
         model.fit(bx, by, batch_size=256, epochs=1, verbose=0)
@@ -245,7 +245,7 @@ def main():
         )
     ours = overhead()
     print(
-        "tfcompress QAT overhead (784-1024-1024-10, batch 256, 4096 samples): "
+        "tfcompress QAT overhead (784-1024-1024-10, batch 256, 8192 samples): "
         f"plain {ours['plain_s']:.3f} s/epoch, QAT {ours['qat_s']:.3f} s/epoch, "
         f"ratio {ours['ratio']:.2f}x"
     )
