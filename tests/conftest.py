@@ -79,3 +79,13 @@ def small_mlp(input_dim=64, hidden=(32,), classes=10, seed=0):
     layers += [keras.layers.Dense(h, activation="relu") for h in hidden]
     layers.append(keras.layers.Dense(classes))
     return keras.Sequential(layers)
+
+
+def compile_classifier(model, lr=1e-3):
+    """Adam, sparse cross-entropy on logits and accuracy: the tests' usual compile."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from conftest import compile_classifier as _compile
 from conftest import run_reference, small_mlp
 from sklearn.cluster import KMeans
 
@@ -16,15 +17,6 @@ from tfcompress.clustering import (
     kmeans_1d,
     strip_clustering,
 )
-
-
-def _compile(model, lr=1e-3):
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def _nearest_numpy(values, centroids):

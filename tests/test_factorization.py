@@ -3,20 +3,12 @@
 import keras
 import numpy as np
 import pytest
+from conftest import compile_classifier as _compile
 from conftest import small_mlp
 from sklearn.decomposition import PCA as SkPCA
 
 import tfcompress as tfc
 from tfcompress.factorization import PCA, energy_rank, low_rank, low_rank_report, truncated_svd
-
-
-def _compile(model, lr=1e-3):
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def _rank_r(kernel, r):

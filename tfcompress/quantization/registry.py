@@ -115,29 +115,27 @@ def _conv1d_forward(layer, x, kernels, mid):
     return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
 
 
-def _depthwise1d_forward(layer, x, kernels, mid):
+def _depthwise1d_as_2d(layer, x, kernel):
+    """The depthwise part of a 1-D (separable) depthwise conv, as a 2-D conv."""
     x, axis, padding = _as_2d(layer, x)
     y = ops.depthwise_conv(
         x,
-        kernels[0],
+        kernel,
         strides=(1, layer.strides[0]),
         padding=padding,
         data_format=layer.data_format,
         dilation_rate=(1, layer.dilation_rate[0]),
     )
+    return y, axis
+
+
+def _depthwise1d_forward(layer, x, kernels, mid):
+    y, axis = _depthwise1d_as_2d(layer, x, kernels[0])
     return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
 
 
 def _separable1d_forward(layer, x, kernels, mid):
-    x, axis, padding = _as_2d(layer, x)
-    y = ops.depthwise_conv(
-        x,
-        kernels[0],
-        strides=(1, layer.strides[0]),
-        padding=padding,
-        data_format=layer.data_format,
-        dilation_rate=(1, layer.dilation_rate[0]),
-    )
+    y, axis = _depthwise1d_as_2d(layer, x, kernels[0])
     y = mid(y)
     y = ops.conv(y, kernels[1], strides=1, padding="valid", data_format=layer.data_format)
     return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
