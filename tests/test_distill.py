@@ -299,6 +299,8 @@ def test_feature_distillation_bad_input():
         ({"feature_weight": -1.0}, "feature_weight=-1.0"),
         ({"loss": "mse"}, "loss='mse'"),
         ({"student_loss_fn": "not_a_loss"}, "student_loss_fn='not_a_loss'"),
+        ({"student_loss_fn": "sparse_categorical_crossentropy"}, "from_logits=True"),
+        ({"student_loss_fn": "CategoricalCrossentropy"}, "='CategoricalCrossentropy'"),
         ({"distillation_loss_fn": 3}, "distillation_loss_fn=3"),
         ({"distillation_loss_fn": None}, "distillation_loss_fn=None"),
         ({"distillation_loss_fn": keras.losses.KLDivergence(reduction="sum")}, "reduction='sum'"),

@@ -367,7 +367,8 @@ class Distiller(keras.Model):
 
         Raises:
             ValueError: for alpha outside [0, 1], temperature <= 0, a negative
-                feature weight, an unknown loss, or a `loss` argument.
+                feature weight, an unknown loss, a cross-entropy given by name for
+                a logits student, or a `loss` argument.
         """
         if "loss" in kwargs:
             raise ValueError(
@@ -384,6 +385,18 @@ class Distiller(keras.Model):
             raise ValueError(
                 f"`feature_weight` must be a finite number >= 0. "
                 f"Received: feature_weight={feature_weight}"
+            )
+        if (
+            isinstance(student_loss_fn, str)
+            and self.student_output == "logits"
+            and "crossentropy" in student_loss_fn.lower().replace("_", "")
+        ):
+            # A cross-entropy by name expects probabilities: on logits it is silently wrong.
+            raise ValueError(
+                "The student outputs logits, but a cross-entropy given by name expects "
+                "probabilities; pass an instance with `from_logits=True`, e.g. "
+                "`keras.losses.SparseCategoricalCrossentropy(from_logits=True)`. "
+                f"Received: student_loss_fn={student_loss_fn!r}"
             )
         student_loss = (
             None if student_loss_fn is None else _resolve_loss(student_loss_fn, "student_loss_fn")
