@@ -31,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 import tfcompress as tfc  # noqa: E402
+from tfcompress.demo import toolbox_step  # noqa: E402
 from tfcompress.demo.foundation_step import digits_mlp, train  # noqa: E402
 
 CLUSTERS = 16
@@ -79,13 +80,7 @@ def anchor():
 
 
 def fine_tune(model, x, y, epochs=FINE_TUNE_EPOCHS):
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
-    return model
+    return toolbox_step.fine_tune(model, x, y, epochs)
 
 
 def pca_mlp(x, seed=0):

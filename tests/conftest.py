@@ -89,3 +89,15 @@ def compile_classifier(model, lr=1e-3):
         metrics=["accuracy"],
     )
     return model
+
+
+def feature_models():
+    """A teacher and a student whose hidden layers `t_hidden` / `s_hidden` can be matched."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(24, activation="relu", name="t_hidden")(inputs)
+    teacher = keras.Model(inputs, keras.layers.Dense(10)(h))
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(6, activation="relu", name="s_hidden")(inputs)
+    student = keras.Model(inputs, keras.layers.Dense(10)(h))
+    return teacher, student

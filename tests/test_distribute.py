@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CPU_DEVICES, small_mlp
+from conftest import CPU_DEVICES, feature_models, small_mlp
 
 import tfcompress as tfc
 
@@ -96,22 +96,13 @@ def test_tf_config_bad_input(workers, index, match):
         tfc.distribute.tf_config(workers, index)
 
 
-def _feature_models():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((64,))
-    h = keras.layers.Dense(24, activation="relu", name="t_hidden")(inputs)
-    teacher = keras.Model(inputs, keras.layers.Dense(10)(h))
-    inputs = keras.Input((64,))
-    h = keras.layers.Dense(6, activation="relu", name="s_hidden")(inputs)
-    student = keras.Model(inputs, keras.layers.Dense(10)(h))
-    return teacher, student
 
 
 def _one_step(strategy, mode, x, y, w):
     """One SGD step of a fresh Distiller on the whole (global) batch under `strategy`."""
     with strategy.scope():
         if mode == "features":
-            teacher, student = _feature_models()
+            teacher, student = feature_models()
             d = tfc.Distiller(student=student, teacher=teacher,
                               feature_layers=[("t_hidden", "s_hidden")])
         else:
@@ -145,7 +136,7 @@ def test_distiller_replica_parity(mirrored, digits, mode):
 
 def _one_step_start(mode):
     if mode == "features":
-        teacher, student = _feature_models()
+        teacher, student = feature_models()
         d = tfc.Distiller(student=student, teacher=teacher,
                           feature_layers=[("t_hidden", "s_hidden")])
     else:

@@ -12,7 +12,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
-from conftest import small_mlp
+from conftest import feature_models, small_mlp
 
 import tfcompress as tfc
 
@@ -125,13 +125,7 @@ def test_distiller_fit(policy, digits):
 
 def test_feature_distillation_fit_and_round_trip(policy, digits, tmp_path):
     (x, y), _ = digits
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((64,))
-    h = keras.layers.Dense(24, activation="relu", name="t_hidden")(inputs)
-    teacher = keras.Model(inputs, keras.layers.Dense(10)(h))
-    inputs = keras.Input((64,))
-    h = keras.layers.Dense(6, activation="relu", name="s_hidden")(inputs)
-    student = keras.Model(inputs, keras.layers.Dense(10)(h))
+    teacher, student = feature_models()
     d = tfc.Distiller(student=student, teacher=teacher, feature_layers=[("t_hidden", "s_hidden")])
     d.compile(keras.optimizers.Adam(1e-2), student_loss_fn=SCCE)
     assert d.projections[0].compute_dtype == policy.split("_")[1]

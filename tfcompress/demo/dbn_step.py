@@ -2,8 +2,9 @@
 
 import keras
 
-from tfcompress import export, pruning
+from tfcompress import export
 from tfcompress.dbn import DBN
+from tfcompress.demo.pruning_step import prune_80_and_export
 
 
 def run(ctx):
@@ -27,21 +28,9 @@ def run(ctx):
     clf.save(ctx.out_dir / "dbn_classifier.keras")
     ctx.add("dbn classifier keras", clf)
 
-    steps_per_epoch = -(-len(x) // 32)
-    schedule = pruning.PolynomialDecay(
-        0.0, 0.8, begin_step=0, end_step=5 * steps_per_epoch, frequency=10
+    _, path = prune_80_and_export(
+        ctx, clf, x, y, "sparse_categorical_crossentropy", "dbn_pruned80", "DBN classifier pruned"
     )
-    pm = pruning.prune_low_magnitude(clf, pruning_schedule=schedule)
-    pm.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"])
-    pm.fit(x, y, epochs=7, batch_size=32, verbose=0, callbacks=[pruning.UpdatePruningStep()])
-    pruned = pruning.strip_pruning(pm)
-    sparsity = pruning.get_sparsity(pruned)
-    ctx.log("DBN classifier pruned: " + ", ".join(f"{k} {v:.3f}" for k, v in sparsity.items()))
-    pruned.save(ctx.out_dir / "dbn_pruned80.keras")
-
-    path = ctx.out_dir / "dbn_pruned80_int8.tflite"
-    export.to_tflite(pruned, str(path), quantization="int8", representative_data=x[:200])
     lite = export.LiteModel(str(path))
     ctx.log(f"DBN int8 TFLite: accuracy {lite.evaluate(x_test, y_test):.4f}, "
             f"{path.stat().st_size:,} bytes")

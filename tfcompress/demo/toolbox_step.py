@@ -8,7 +8,8 @@ from tfcompress.demo.foundation_step import digits_mlp, train
 CLUSTERS = 16
 
 
-def _fine_tune(model, x, y, epochs):
+def fine_tune(model, x, y, epochs):
+    """Adam 1e-4 for `epochs` epochs: the fine-tune after low-rank or clustering."""
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -39,7 +40,7 @@ def run(ctx):
     base = _base_mlp(ctx, x, y)
 
     ctx.log("low-rank factorization (energy 0.9):\n" + str(factorization.low_rank_report(base)))
-    small = _fine_tune(factorization.low_rank(base, energy=0.9), x, y, epochs=3)
+    small = fine_tune(factorization.low_rank(base, energy=0.9), x, y, epochs=3)
     small.save(ctx.out_dir / "low_rank.keras")
     _export(ctx, "low-rank e=0.9", small, "low_rank_float")
 
@@ -64,7 +65,7 @@ def run(ctx):
     clustered = clustering.cluster_weights(
         base, CLUSTERS, cluster_centroids_init="linear", seed=0
     )
-    final = clustering.strip_clustering(_fine_tune(clustered, x, y, epochs=3))
+    final = clustering.strip_clustering(fine_tune(clustered, x, y, epochs=3))
     final.save(ctx.out_dir / f"clustered{CLUSTERS}.keras")
     _export(ctx, f"{CLUSTERS} clusters", final, f"clustered{CLUSTERS}_float")
     _export(ctx, f"{CLUSTERS} clusters int8", final, f"clustered{CLUSTERS}_int8",
