@@ -31,5 +31,7 @@ setup(
         ],
         "plots": ["matplotlib"],
     },
-    entry_points={"console_scripts": ["tfcompress=tfcompress.cli:main"]},
+    # The console script parses its arguments in this TensorFlow-free module first.
+    py_modules=["tfcompress_cli"],
+    entry_points={"console_scripts": ["tfcompress=tfcompress_cli:main"]},
 )

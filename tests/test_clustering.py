@@ -87,7 +87,10 @@ def _channel_matrix(layer, name, values):
     """(n, channels) view of a weight, channels along TFLite's output axis."""
     if isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose)):
         values = np.moveaxis(values, -2, -1)
-    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+    # A separable conv's depthwise kernel runs as DEPTHWISE_CONV_2D: channels in x multiplier.
+    if name == "depthwise_kernel" or isinstance(
+        layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+    ):
         return values.reshape(-1, values.shape[-2] * values.shape[-1])
     return values.reshape(-1, values.shape[-1])
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 from conftest import CPU_DEVICES, feature_models, small_mlp
 
 import tfcompress as tfc
+from tfcompress import _compat
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -171,10 +172,13 @@ def test_multi_worker_fix_leaves_local_training_unchanged(monkeypatch, mirrored,
     # Restored after the test, so the rest of the session runs unpatched Keras.
     monkeypatch.setattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build", build)
     monkeypatch.setattr(trainer, "reduce_per_replica", reduce)
-    tfc.distribute._fix_keras_multi_worker()
+    assert _compat.fix_keras_multi_worker() == [
+        "TensorFlowTrainer._maybe_symbolic_build",
+        "reduce_per_replica",
+    ]  # Keras 3.15 still has the bug
     patched = (trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica)
     assert patched != (build, reduce)
-    tfc.distribute._fix_keras_multi_worker()
+    assert _compat.fix_keras_multi_worker() == []
     assert (trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica) == patched
     (x, y), _ = digits
     w = np.ones(32, "float32")
@@ -183,3 +187,35 @@ def test_multi_worker_fix_leaves_local_training_unchanged(monkeypatch, mirrored,
     for a, b in zip(single, double):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert double_logs["loss"] == pytest.approx(single_logs["loss"], rel=1e-5)
+
+
+def test_multi_worker_fix_only_where_keras_has_the_bug(monkeypatch):
+    """A Keras whose trainer no longer has the bug, or lacks a symbol, is left as it is."""
+    from keras.src.backend.tensorflow import trainer
+
+    def build_without_bug(self, iterator=None, data_batch=None):
+        for _, _, batches in iterator or ():
+            data_batch = next(batches)
+            break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def reduce_without_bug(values, strategy, reduction):
+        if trainer._collective_all_reduce_multi_worker(strategy):
+            return strategy.reduce("MEAN", values, axis=None)
+        return values
+
+    monkeypatch.setattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build", build_without_bug)
+    monkeypatch.setattr(trainer, "reduce_per_replica", reduce_without_bug)
+    assert _compat.fix_keras_multi_worker() == []
+    assert trainer.TensorFlowTrainer._maybe_symbolic_build is build_without_bug
+    assert trainer.reduce_per_replica is reduce_without_bug
+
+    monkeypatch.undo()
+    build, reduce = trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica
+    monkeypatch.delattr(trainer, "_collective_all_reduce_multi_worker")
+    assert _compat.fix_keras_multi_worker() == []
+    assert (trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica) == (
+        build,
+        reduce,
+    )

@@ -107,13 +107,16 @@ def test_custom_layer_registry_and_protocol():
     model = keras.Sequential([keras.Input((10,)), Scale()])
     with pytest.raises(ValueError, match="Found no prunable weights.*Scale"):
         pruning.prune_low_magnitude(model)
-    pruning.register_prunable_layer(Scale, ["w"])
+    with pytest.warns(DeprecationWarning, match="register_layer"):
+        pruning.register_prunable_layer(Scale, ["w"])  # now a thin alias of tfc.register_layer
     try:
         pm = pruning.prune_low_magnitude(model, pruning_schedule=_one_shot(0.3))
         pm.update_masks(0)
         assert _zeros(model.layers[0].w).sum() == 3
+        spec = tfc.layers_registry.lookup(model.layers[0])
+        assert spec.prune == ("w",) and spec.cluster == () and not spec.quantize  # pruning only
     finally:
-        pruning.prune._REGISTRY.pop(0)
+        del tfc.layers_registry._TABLE[Scale]
     model = keras.Sequential([keras.Input((10,)), ProtocolScale()])
     assert pruning.prune_low_magnitude(model).weight_names == ["protocol_scale/w"]
 

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 from conftest import run_reference, small_mlp
 from test_quantizers import numpy_fake_quant
 
@@ -154,6 +155,137 @@ def test_zoo_of_layers_is_fully_int8(digits_image):
     assert agree >= 0.97
     expected = {"ADD", "CONCATENATION", "SOFTMAX", "TANH", "MEAN", "CONV_2D", "DEPTHWISE_CONV_2D"}
     assert expected <= lite.ops()
+
+
+def file_scales(lite):
+    return [float(d["quantization"][0]) for d in lite._interpreter.get_tensor_details()]
+
+
+def assert_ranges_in_file(qat, lite):
+    """Every learned range of the QAT model is the scale of a tensor of the file.
+
+    A range the converter drops (it fuses the ops around it) would round the
+    Keras model where TFLite does not: the two would then disagree.
+    """
+    scales = file_scales(lite)
+    for layer in qat.layers:
+        q = getattr(layer, "output_quantizer", layer)
+        if not isinstance(q, ActivationQuantizer) or q.fixed_range is not None:
+            continue
+        scale, _ = quantizers.nudged_range(float(q.min_value), float(q.max_value))
+        assert any(abs(s - scale) <= 1e-6 * scale for s in scales), layer.name
+
+
+def test_fused_relus_hard_swish_and_single_value_means_follow_the_converter():
+    # The converter fuses a ReLU/ReLU6 into the ADD/SUB/MUL before it, turns
+    # x * relu6(x + 3) / 6 into one HARD_SWISH, and removes a mean over 1x1:
+    # the ranges in between go, so the QAT graph must not have them either.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    a = L.Conv2D(8, 1)(inputs)
+    b = L.Conv2D(8, 1)(inputs)
+    x = L.ReLU()(L.Add()([a, b]))
+    x = keras.ops.relu6(x - 1.0)
+    x = x * keras.ops.relu6(x + 3.0) / 6.0
+    x = L.Conv2D(8, 4)(x)  # 1x1 output
+    x = L.ReLU()(L.GlobalAveragePooling2D(keepdims=True)(x))
+    x = L.Multiply()([x, L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+    qat = quantize_model(keras.Model(inputs, L.Conv2D(4, 1)(x)))
+    ops = [type(op).__name__ for op in qat.operations]
+    swish = [
+        op
+        for op in qat.operations
+        if getattr(getattr(op, "layer", None), "activation", None) is keras.activations.hard_silu
+    ]
+    assert len(swish) == 1 and ops.count("Relu6") == 1  # the chain is one hard swish
+    assert ops.count("ActivationQuantizer") == 3  # input, relu6(x - 1), gate
+    x = np.random.default_rng(0).normal(size=(64, 4, 4, 3)).astype(np.float32)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((64, 1, 1, 4)), epochs=1, verbose=0)
+    lite = tfc.export.LiteModel(tfc.export.to_tflite(qat, quantization="int8", int8_io=True))
+    assert lite.is_fully_int8(), lite.ops()
+    assert "HARD_SWISH" in lite.ops() and not {"RELU", "RELU6", "MEAN", "QUANTIZE"} & lite.ops()
+    assert_ranges_in_file(qat, lite)
+    scale = quantizers.nudged_range(
+        float(qat.layers[-1].output_quantizer.min_value),
+        float(qat.layers[-1].output_quantizer.max_value),
+    )[0]
+    assert np.abs(lite.predict(x) - qat.predict(x, verbose=0)).max() <= 1.01 * scale
+
+
+def test_hard_swish_matches_the_int8_kernel_code_for_code():
+    # TFLite's int8 HARD_SWISH works in 16-bit fixed point: for a few input
+    # codes it lands one step away from rounding hard_swish(x); QAT computes
+    # the kernel's integers, on every one of the 256 input codes.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((256,))
+    swish = L.Activation("hard_swish")
+    qat = quantize_model(keras.Model(inputs, L.Dense(4)(swish(inputs))))
+    x = np.random.default_rng(0).uniform(-4, 8, (32, 256)).astype(np.float32)
+    qat.compile("sgd", "mse")
+    qat.fit(x, np.zeros((32, 4)), epochs=1, verbose=0)
+    q = qat.layers[1]
+    scale, zero = quantizers.nudged_range(float(q.min_value), float(q.max_value))
+    grid = ((np.arange(-128, 128) - zero) * np.float32(scale)).astype(np.float32)[None]
+    wrapper = qat.get_layer(f"quant_{swish.name}")
+    ours = keras.Model(qat.inputs, wrapper.output).predict(grid, verbose=0)
+    out = wrapper.output_quantizer
+    out_scale, out_zero = quantizers.nudged_range(float(out.min_value), float(out.max_value))
+    blob = tfc.export.to_tflite(qat, quantization="int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "for debugging purposes only": it is
+        interpreter = Interpreter(model_content=blob, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    (tensor,) = [
+        d
+        for d in interpreter.get_tensor_details()
+        if abs(d["quantization"][0] - out_scale) <= 1e-6 * out_scale and d["shape"][-1] == 256
+    ]
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], grid)
+    interpreter.invoke()
+    codes = interpreter.get_tensor(tensor["index"]).astype(int)
+    np.testing.assert_array_equal(np.round(ours / out_scale).astype(int) + out_zero, codes)
+    grid = grid.astype(np.float64)
+    rounded = np.floor(grid * np.clip(grid + 3, 0, 6) / 6 / out_scale + 0.5) + out_zero
+    assert np.sum(np.clip(rounded, -128, 127) != codes) >= 1  # plain rounding would miss
+
+
+def hard_swish_se_cnn():
+    """A MobileNetV3-style CNN: hard-swish op chain, hard-sigmoid gate, SE block."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 1))
+    x = L.Conv2D(16, 3, padding="same")(inputs)
+    x = L.BatchNormalization(momentum=0.9)(x)
+    x = x * keras.ops.relu6(x + 3.0) / 6.0
+    x = L.DepthwiseConv2D(3, strides=2, padding="same")(x)
+    x = L.BatchNormalization(momentum=0.9)(x)
+    x = L.Activation("hard_swish")(x)
+    s = L.GlobalAveragePooling2D(keepdims=True)(x)
+    s = L.Conv2D(16, 1)(L.ReLU()(L.Conv2D(8, 1)(s)))
+    x = L.Multiply()([x, L.ReLU(6.0)(s + 3.0) * (1.0 / 6.0)])
+    x = L.GlobalAveragePooling2D()(L.Conv2D(16, 1)(x))
+    return keras.Model(inputs, L.Dense(10)(x))
+
+
+@pytest.mark.slow
+def test_hard_swish_se_cnn_agrees_with_its_int8_file(digits_image):
+    (x, y), (x_test, y_test) = digits_image
+    x, x_test = (np.repeat(np.repeat(a, 2, axis=1), 2, axis=2) for a in (x, x_test))
+    model = hard_swish_se_cnn()
+    model.compile(keras.optimizers.Adam(1e-2), LOSS, metrics=["accuracy"])
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.5  # a trained model
+    qat = compile_fit(quantize_model(model), x, y, epochs=2, batch_size=32)
+    agree, lite = agreement(qat, x_test)
+    assert agree >= 0.99
+    assert {"HARD_SWISH", "MEAN", "MUL", "ADD", "DEPTHWISE_CONV_2D"} <= lite.ops()
+    assert_ranges_in_file(qat, lite)
+    # The QAT model predicts the file's integers: logits at most a step or two
+    # apart (float ties), and almost all of them equal.
+    scale = lite.output_details["quantization"][0]
+    error = np.abs(lite.predict(x_test) - qat.predict(x_test, verbose=0))
+    assert error.max() <= 2.01 * scale
+    assert np.mean(error > scale / 2) < 0.01
 
 
 def test_one_d_convolutions_are_fully_int8():

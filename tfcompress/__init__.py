@@ -16,13 +16,16 @@ from tfcompress import (  # noqa: E402
     distribute,
     export,
     factorization,
+    layers_registry,
     pruning,
     quantization,
     rbm,
     report,
+    surgery,
 )
 from tfcompress.dbn import DBN  # noqa: E402
 from tfcompress.distill import Distiller  # noqa: E402
+from tfcompress.layers_registry import register_layer  # noqa: E402
 from tfcompress.rbm import RBM  # noqa: E402
 
 __version__ = "0.1.0"
@@ -38,8 +41,11 @@ __all__ = [
     "distribute",
     "export",
     "factorization",
+    "layers_registry",
     "pruning",
     "quantization",
     "rbm",
+    "register_layer",
     "report",
+    "surgery",
 ]

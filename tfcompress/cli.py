@@ -1,15 +1,17 @@
-"""The `tfcompress` command: demo, export and report, on the public API only.
+"""The `tfcompress` commands: demo, export and report, on the public API only.
 
-Bad arguments (a missing file, an unknown quantization, calibration data of
-the wrong shape) end with exit code 2 and one line on stderr.
+`tfcompress_cli` (a top-level module, so that `tfcompress --help` and argument
+errors never load TensorFlow) parses the command line and checks the files it
+names; `run` executes the parsed command. Errors found while reading the
+inputs (a file that is not a .npy array, calibration data of the wrong shape)
+end like argument errors: exit code 2 and one line on stderr.
 """
 
-import argparse
 import math
 import os
 import sys
 
-USAGE_ERROR = 2
+from tfcompress_cli import USAGE_ERROR, parse_args
 
 
 class UsageError(Exception):
@@ -17,10 +19,6 @@ class UsageError(Exception):
 
 
 def _load_model(path):
-    if not os.path.isfile(path):
-        raise UsageError(f"no model file at {path!r}")
-    if not path.endswith(".keras"):
-        raise UsageError(f"MODEL must be a .keras file. Received: {path!r}")
     import keras
 
     import tfcompress  # noqa: F401  (registers tfcompress objects for loading)
@@ -31,8 +29,6 @@ def _load_model(path):
 def _load_array(path, what):
     import numpy as np
 
-    if not os.path.isfile(path):
-        raise UsageError(f"{what}: no file at {path!r}")
     try:
         return np.load(path)
     except (ValueError, OSError) as e:
@@ -51,7 +47,7 @@ def _digits_for(model, split):
     from tfcompress import export
 
     x, y = _digits(split)
-    shape = tuple(export._input_spec(model, None).shape[1:])
+    shape = tuple(export.input_spec(model).shape[1:])
     if None in shape or math.prod(shape) != x.shape[1]:
         raise UsageError(f"digits images (64 values) do not fit the model input shape {shape}")
     return x.reshape((len(x),) + shape), y
@@ -80,20 +76,14 @@ def _export(args, log):
 def _report(args, log):
     from tfcompress import report
 
-    items = {}
-    for path in args.models:
-        if path.endswith(".tflite"):
-            if not os.path.isfile(path):
-                raise UsageError(f"no TFLite file at {path!r}")
-            items[os.path.basename(path)] = path
-        else:
-            items[os.path.basename(path)] = _load_model(path)
+    items = {
+        os.path.basename(path): path if path.endswith(".tflite") else _load_model(path)
+        for path in args.models
+    }
     x = y = None
     if args.data == "digits":
         x, y = _digits("test")  # flat: the report reshapes them for image models
     elif args.data is not None:
-        if args.labels is None:
-            raise UsageError("--data X.npy needs --labels Y.npy")
         x, y = _load_array(args.data, "--data"), _load_array(args.labels, "--labels")
     log(f"measuring {len(items)} artifacts ...")
     result = report.compression_report(items, x, y)
@@ -109,48 +99,31 @@ def _demo(args, log):
     demo.run(args.out, steps=args.steps, log=log)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="tfcompress", description="Compress Keras 3 models and export them to TFLite."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("demo", help="run the end-to-end compression demo on digits")
-    p.add_argument("--out", default="saved_models", help="artifact folder (default: saved_models)")
-    p.add_argument("--steps", nargs="+", default=None, help="only these demo steps")
-    p.set_defaults(func=_demo)
-
-    p = sub.add_parser("export", help="convert a .keras model to a .tflite file")
-    p.add_argument("model", help="a .keras model file")
-    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
-    p.add_argument("--quantization", choices=["dynamic", "float16", "int8"], default=None)
-    p.add_argument("--calibration", help="a .npy array of inputs for int8, or 'digits'")
-    p.add_argument("--int8-io", action="store_true", help="int8 input and output (with int8)")
-    p.set_defaults(func=_export)
-
-    p = sub.add_parser("report", help="compare .keras models and .tflite files")
-    p.add_argument("models", nargs="+", help=".keras and .tflite files")
-    p.add_argument("--data", help="'digits' (bundled test split) or a .npy array of inputs")
-    p.add_argument("--labels", help="a .npy array of integer labels (with --data X.npy)")
-    p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--plot", help="write a size-vs-accuracy PNG here")
-    p.set_defaults(func=_report)
-    return parser
+_COMMANDS = {"demo": _demo, "export": _export, "report": _report}
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args):
+    """Runs a command parsed by `tfcompress_cli.parse_args`; returns the exit code."""
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
     try:
-        args.func(args, log)
+        _COMMANDS[args.command](args, log)
     except (UsageError, ValueError) as e:
         print(f"tfcompress {args.command}: error: {e}".splitlines()[0], file=sys.stderr)
         return USAGE_ERROR
     return 0
+
+
+def main(argv=None):
+    """The `tfcompress` command on `argv` (default: `sys.argv[1:]`); returns the exit code.
+
+    The console script enters through `tfcompress_cli.main`, which parses before
+    TensorFlow loads; this entry serves `python -m tfcompress` and callers that
+    have imported tfcompress already.
+    """
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ class DBN(keras.Model):
         _check_optimizer(optimizer)
         is_array = not hasattr(x, "element_spec")
         if is_array:
-            x = self.rbms[0]._validate_array(x, "x").astype("float32")
+            x = self.rbms[0].validate_array(x, "x").astype("float32")
         with self.distribute_strategy.scope():
             if not self.built:
                 dim = x.shape[-1] if is_array else x.element_spec.shape[-1]

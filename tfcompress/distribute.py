@@ -31,7 +31,8 @@ worker's ``host:port`` and names this worker's index (worker 0 is the chief)::
 
 Notes on the recipe: ``multi_worker_strategy`` is
 ``tf.distribute.MultiWorkerMirroredStrategy`` plus a fix without which Keras
-3.15 ``fit`` fails on two or more workers; the strategy must be created at
+3.15 ``fit`` fails on two or more workers (applied only while the installed
+Keras still needs it); the strategy must be created at
 program start, before any other TensorFlow op; all workers must run the same steps (same data size,
 batch size and epochs), otherwise the collective all-reduce waits forever; with
 NumPy input Keras shards the data between workers automatically; variables are
@@ -45,6 +46,8 @@ import json
 import os
 
 import tensorflow as tf
+
+from tfcompress import _compat
 
 
 def strategy(devices=None):
@@ -113,15 +116,10 @@ def _mirrored(devices, cross_device_ops=None):
     # strategy in the same process reuses the first one's (group, instance) keys, and
     # TensorFlow aborts all collectives of the process ("Collective instance 100 expected
     # type 0 and data_type 1 but got type 2", or "Shape mismatch in the collective
-    # instance"). `_collective_key_base` is TensorFlow's own offset for this; each
-    # strategy made here gets a range of its own.
-    cls = tf.distribute.MirroredStrategy
-    saved = cls._collective_key_base
-    cls._collective_key_base = next(_key_bases) * 10_000
-    try:
-        return cls(devices, cross_device_ops=cross_device_ops)
-    finally:
-        cls._collective_key_base = saved
+    # instance"). Each strategy made here gets a key range of its own.
+    return _compat.mirrored_strategy(
+        devices, cross_device_ops, collective_key_base=next(_key_bases) * 10_000
+    )
 
 
 def multi_worker_strategy(**kwargs):
@@ -133,11 +131,13 @@ def multi_worker_strategy(**kwargs):
     nested value ("Attempt to convert a value (PerReplica...)"), and after each
     step it averages the scalar logs with `axis=0` ("Invalid reduction
     dimension 0 for input with 0 dimensions"). This function creates the
-    strategy and corrects both places in Keras' trainer for this process: the
-    pre-fit build reads one local replica's batch (only shapes and dtypes are
-    used) and scalar logs are averaged over workers with `axis=None`. Nothing
-    changes for single-worker strategies. Call it at program start, before
-    TensorFlow runs any op, with `TF_CONFIG` set (see `tf_config`).
+    strategy and, where the installed Keras still behaves so (checked at each
+    call, see `tfcompress._compat.fix_keras_multi_worker`), corrects both places
+    in Keras' trainer for this process: the pre-fit build reads one local
+    replica's batch (only shapes and dtypes are used) and scalar logs are
+    averaged over workers with `axis=None`. Nothing changes for single-worker
+    strategies. Call it at program start, before TensorFlow runs any op, with
+    `TF_CONFIG` set (see `tf_config`).
 
     Args:
         **kwargs: passed to `tf.distribute.MultiWorkerMirroredStrategy`
@@ -146,59 +146,8 @@ def multi_worker_strategy(**kwargs):
     Returns:
         The `tf.distribute.MultiWorkerMirroredStrategy`.
     """
-    _fix_keras_multi_worker()
+    _compat.fix_keras_multi_worker()
     return tf.distribute.MultiWorkerMirroredStrategy(**kwargs)
-
-
-def _fix_keras_multi_worker():
-    from keras.src.backend.tensorflow import trainer
-
-    build = trainer.TensorFlowTrainer._maybe_symbolic_build
-    if not getattr(build, "_tfcompress_fix", False):
-        trainer.TensorFlowTrainer._maybe_symbolic_build = _local_batch_build(build)
-    reduce = trainer.reduce_per_replica
-    if not getattr(reduce, "_tfcompress_fix", False):
-        trainer.reduce_per_replica = _scalar_safe_reduce(
-            reduce, trainer._collective_all_reduce_multi_worker
-        )
-
-
-def _local_values(strategy, value):
-    if isinstance(value, tf.distribute.DistributedValues):
-        return strategy.experimental_local_results(value)
-    return (value,)
-
-
-def _local_batch_build(original):
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is not None and strategy is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: _local_values(strategy, v)[0], next(batches)
-                )
-                break
-            iterator = None
-        return original(self, iterator=iterator, data_batch=data_batch)
-
-    _maybe_symbolic_build._tfcompress_fix = True
-    return _maybe_symbolic_build
-
-
-def _scalar_safe_reduce(original, is_multi_worker):
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction not in ("auto", "mean") or not is_multi_worker(strategy):
-            return original(values, strategy, reduction)
-
-        def _reduce(value):
-            if _local_values(strategy, value)[0].shape.rank == 0:
-                return strategy.reduce("MEAN", value, axis=None)
-            return original(value, strategy, reduction)
-
-        return tf.nest.map_structure(_reduce, values)
-
-    reduce_per_replica._tfcompress_fix = True
-    return reduce_per_replica
 
 
 def tf_config(workers, index):

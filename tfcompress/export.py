@@ -14,15 +14,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcompress import _compat
 from tfcompress._tracing import export_trace
 
 try:
-    from ai_edge_litert import schema_py_generated as _schema
     from ai_edge_litert.interpreter import Interpreter as _Interpreter
 except ImportError:  # pragma: no cover - ai-edge-litert is a declared dependency
-    from tensorflow.lite.python import schema_py_generated as _schema
-
     _Interpreter = tf.lite.Interpreter
+
+_schema = _compat.tflite_schema()
 
 QUANTIZATIONS = (None, "dynamic", "float16", "int8")
 
@@ -33,10 +33,6 @@ _OP_NAMES = {v: k for k, v in vars(_schema.BuiltinOperator).items() if not k.sta
 _TYPE_NAMES = {v: k for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
 
 
-def _iter_layers(model):
-    return model._flatten_layers(include_self=False, recursive=True)
-
-
 def is_quantization_aware(model):
     """True when some layer of `model` carries fake-quant ops (a QAT model).
 
@@ -44,11 +40,25 @@ def is_quantization_aware(model):
     converter then takes every range from the graph, so no calibration data is
     needed.
     """
-    return any(getattr(layer, "tfc_fake_quant", False) for layer in _iter_layers(model))
+    return any(getattr(layer, "tfc_fake_quant", False) for layer in _compat.flatten_layers(model))
 
 
-def _input_spec(model, representative_data):
-    """The TensorSpec of the model's single input, batch dimension left free."""
+def input_spec(model, representative_data=None):
+    """The `tf.TensorSpec` of a model's single input, batch dimension left free.
+
+    Args:
+        model: a built `keras.Model` with one input. A subclassed model has no
+            `inputs`: the shape it was built with is used.
+        representative_data: inputs to take the shape from when the model
+            knows none (optional).
+
+    Returns:
+        A `tf.TensorSpec` of shape `(None, ...)`.
+
+    Raises:
+        ValueError: if the model has several inputs, or no known input shape
+            and no `representative_data`.
+    """
     inputs = getattr(model, "inputs", None)
     if inputs:
         if len(inputs) != 1:
@@ -58,9 +68,9 @@ def _input_spec(model, representative_data):
             )
         shape, dtype = tuple(inputs[0].shape), inputs[0].dtype
     else:
-        shapes = getattr(model, "_build_shapes_dict", None) or {}
-        if len(shapes) == 1:
-            shape = tuple(next(iter(shapes.values())))
+        build_config = model.get_build_config() or {}
+        if build_config.get("input_shape") is not None:
+            shape = tuple(build_config["input_shape"])
         elif representative_data is not None:
             shape = (None,) + tuple(np.shape(representative_data)[1:])
         else:
@@ -99,7 +109,7 @@ def _validate(model, path, quantization, representative_data, int8_io):
             "calibrate activation ranges) unless the model is quantization-aware. "
             "Received: representative_data=None"
         )
-    spec = _input_spec(model, representative_data)
+    spec = input_spec(model, representative_data)
     if representative_data is not None:
         data = np.asarray(representative_data)
         expected = tuple(spec.shape[1:])  # None: a dimension of free length
@@ -149,19 +159,19 @@ def _float32_compute(model):
     """
     float32 = keras.DTypePolicy("float32")
     saved = []
-    for layer in [model, *_iter_layers(model)]:
-        policy = layer._dtype_policy
+    for layer in [model, *_compat.flatten_layers(model)]:
+        policy = _compat.dtype_policy(layer)
         mixed = getattr(policy, "compute_dtype", "float32") != getattr(
             policy, "variable_dtype", "float32"
         )
         if mixed and getattr(policy, "quantization_mode", None) is None:
             saved.append((layer, policy))
-            layer._dtype_policy = float32
+            _compat.set_dtype_policy(layer, float32)
     try:
         yield
     finally:
         for layer, policy in saved:
-            layer._dtype_policy = policy
+            _compat.set_dtype_policy(layer, policy)
 
 
 def _configure(
@@ -185,9 +195,7 @@ def _configure(
         # Per-channel FULLY_CONNECTED stores a float scale and an int64 zero point for
         # every output unit of every kernel and bias: 15% of the digits MLP's int8
         # file, for no accuracy gained there. TFLite's int8 spec makes it optional.
-        converter._experimental_disable_per_channel_quantization_for_dense_layers = (
-            not per_channel_dense
-        )
+        _compat.set_per_channel_dense_quantization(converter, per_channel_dense)
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8

@@ -19,23 +19,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfcompress import layers_registry, surgery
 from tfcompress._serialization import register
-from tfcompress.clustering import (
-    SwappedModel,
-    _all_layers,
-    _copy_layer,
-    _copy_subclassed,
-    _graph_layers,
-    _is_graph_model,
-    _layer_paths,
-    _raise_unreachable,
-)
-
-_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
 def _is_factorizable(layer):
-    return type(layer) is keras.layers.Dense or type(layer) in _CONVS
+    spec = layers_registry.lookup(layer)
+    return spec is not None and spec.factorize
 
 
 def _kernel_matrix(layer):
@@ -123,11 +113,15 @@ def _check_rank(rank, layer_name=None, full_rank=None):
         )
 
 
-def _all_factorizable(model):
-    return [layer for layer in _all_layers(model) if _is_factorizable(layer) and layer.built]
+def _all_factorizable(model, select=None):
+    return [
+        layer
+        for layer in surgery.all_layers(model)
+        if _is_factorizable(layer) and layer.built and (select is None or select(layer))
+    ]
 
 
-def low_rank_report(model, rank=None, energy=0.9):
+def low_rank_report(model, rank=None, energy=0.9, *, layers=None, exclude=None):
     """What `low_rank` would do to each Dense/Conv layer of `model`, without doing it.
 
     Args:
@@ -137,6 +131,9 @@ def low_rank_report(model, rank=None, energy=0.9):
             `{layer name: rank}` (only those layers are considered).
         energy: share of the squared singular values to keep, in (0, 1];
             used when `rank` is None.
+        layers: optional names, classes or predicates of the layers to
+            consider (default all); see `tfc.surgery.Selection`.
+        exclude: names, classes or predicates of layers to leave whole.
 
     Returns:
         A `LowRankReport` (a list of dict rows that prints as a table).
@@ -146,7 +143,14 @@ def low_rank_report(model, rank=None, energy=0.9):
             Dense/Conv layer, an int rank too large for every layer, or
             `energy` outside (0, 1].
     """
-    layers = _all_factorizable(model)
+    if not isinstance(model, keras.Model) or not model.built:
+        raise ValueError(
+            f"`model` must be a built Keras model (call it on data or give it an Input). "
+            f"Received: model={model}"
+        )
+    select = surgery.Selection(model, layers, exclude)
+    layers_registry.warn_overridden(surgery.all_layers(model), "low_rank")
+    layers = _all_factorizable(model, select)
     if rank is None:
         _check_energy(energy)
     elif isinstance(rank, dict):
@@ -274,36 +278,47 @@ def factorize_layer(layer, rank):
 
 def _rebuild_graph(model, plan):
     """A Sequential/Functional copy of `model` with the planned layers split in two, inline."""
-    seconds = {}
 
-    def clone(layer):
-        if _is_graph_model(layer):
-            return _rebuild_graph(layer, plan)
-        if _is_factorizable(layer) and layer.name in plan:
-            first, second = _factor_pair(layer, plan[layer.name])
-            seconds[id(first)] = second
-            return first
-        return _copy_layer(layer)
+    def planned(layer):
+        return _is_factorizable(layer) and layer.name in plan
 
     if isinstance(model, keras.Sequential):
         layers = []
         for layer in model.layers:
-            new = clone(layer)
-            layers += [new, seconds[id(new)]] if id(new) in seconds else [new]
+            if surgery.is_graph_model(layer):
+                layers.append(_rebuild_graph(layer, plan))
+            elif planned(layer):
+                layers += list(_factor_pair(layer, plan[layer.name]))
+            else:
+                layers.append(surgery.copy_layer(layer))
         spec = model.inputs[0]
         return keras.Sequential(
             [keras.Input(batch_shape=spec.shape, dtype=spec.dtype)] + layers, name=model.name
         )
 
-    def call(layer, *args, **kwargs):
-        outputs = layer(*args, **kwargs)
-        return seconds[id(layer)](outputs) if id(layer) in seconds else outputs
+    new = {}
 
-    return keras.models.clone_model(model, clone_function=clone, call_function=call)
+    def call(operation, args, kwargs):
+        if not isinstance(operation, keras.layers.Layer):
+            return operation(*args, **kwargs)
+        if id(operation) not in new:
+            if surgery.is_graph_model(operation):
+                new[id(operation)] = (_rebuild_graph(operation, plan),)
+            elif planned(operation):
+                new[id(operation)] = _factor_pair(operation, plan[operation.name])
+            else:
+                new[id(operation)] = (surgery.copy_layer(operation, call=(args, kwargs)),)
+        first, *rest = new[id(operation)]
+        outputs = first(*args, **kwargs)
+        for layer in rest:
+            outputs = layer(outputs)
+        return outputs
+
+    return surgery.rebuild_graph(model, call)
 
 
 @register
-class LowRankModel(SwappedModel):
+class LowRankModel(surgery.SwappedModel):
     """A subclassed model whose Dense/Conv attributes were split by `low_rank`.
 
     Made by `low_rank` for subclassed models: the user's `call` runs
@@ -332,30 +347,34 @@ class LowRankModel(SwappedModel):
         super().__init__(model, **kwargs)
         self.ranks = dict(ranks)
         self.paths = list(self.ranks)
-        self._swap_paths(model, lambda path, layer: factorize_layer(layer, self.ranks[path]))
+        self._swap_paths(
+            model, self.paths, lambda path, layer: factorize_layer(layer, self.ranks[path])
+        )
 
     def get_config(self):
         return {**super().get_config(), "ranks": self.ranks}
 
 
 def _low_rank_subclassed(model, plan):
-    copy = _copy_subclassed(model)
-    original_of = {id(c): o for o, c in zip(_all_layers(model), _all_layers(copy))}
+    copy = surgery.copy_model(model)
+    original_of = {
+        id(c): o for o, c in zip(surgery.all_layers(model), surgery.all_layers(copy), strict=True)
+    }
 
     def planned(layer):
         original = original_of.get(id(layer))
         return _is_factorizable(layer) and original is not None and original.name in plan
 
-    paths = _layer_paths(copy, planned)
+    paths = surgery.layer_paths(copy, planned)
     held = {id(original_of[id(layer)]) for layer in paths.values()}
-    _raise_unreachable(model, [
+    surgery.raise_unreachable(model, [
         layer for layer in _all_factorizable(model) if layer.name in plan and id(layer) not in held
     ])
     ranks = {path: plan[original_of[id(layer)].name] for path, layer in paths.items()}
     return LowRankModel(copy, ranks, name=f"low_rank_{model.name}")
 
 
-def low_rank(model, rank=None, energy=0.9):
+def low_rank(model, rank=None, energy=0.9, *, layers=None, exclude=None):
     """A new model in which Dense/Conv layers are split into two thinner layers.
 
     Each chosen layer `<name>` becomes a layer `<name>_u` with `rank`
@@ -378,6 +397,9 @@ def low_rank(model, rank=None, energy=0.9):
             where it is below min(kernel dims); or `{layer name: rank}` to
             factorize only the named layers.
         energy: share of squared singular values to keep, in (0, 1].
+        layers: optional names, classes or predicates of the layers to
+            factorize (default all).
+        exclude: names, classes or predicates of layers to keep whole.
 
     Returns:
         A new Keras model (a `LowRankModel` for a subclassed model).
@@ -396,12 +418,12 @@ def low_rank(model, rank=None, energy=0.9):
     Reference:
         Denton et al. 2014; Eckart & Young 1936.
     """
-    report = low_rank_report(model, rank, energy)
+    report = low_rank_report(model, rank, energy, layers=layers, exclude=exclude)
     plan = {row["layer"]: row["rank"] for row in report if row["factorized"]}
-    if not _is_graph_model(model):
+    if not surgery.is_graph_model(model):
         return _low_rank_subclassed(model, plan)
-    reachable = {id(layer) for layer in _graph_layers(model)}
-    _raise_unreachable(model, [
+    reachable = {id(layer) for layer in surgery.graph_layers(model)}
+    surgery.raise_unreachable(model, [
         layer for layer in _all_factorizable(model)
         if layer.name in plan and id(layer) not in reachable
     ])
@@ -545,6 +567,10 @@ class PCA(keras.layers.Layer):
     def build_from_config(self, config):
         self.n_components_ = config.get("n_components_")
         super().build_from_config(config)
+
+
+# A preprocessing projection: every technique leaves it as it is.
+layers_registry.register_layer(PCA)
 
 
 def _collect(data, steps):

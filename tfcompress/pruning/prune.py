@@ -20,11 +20,12 @@ each applies the same mask to its own copy.
 import contextlib
 import dataclasses
 import numbers
-from collections.abc import Iterable
+import warnings
 
 import keras
 import tensorflow as tf
 
+from tfcompress import _compat, layers_registry, surgery
 from tfcompress._serialization import register
 from tfcompress.pruning import masks as mask_lib
 from tfcompress.pruning import schedules
@@ -32,52 +33,21 @@ from tfcompress.pruning import schedules
 _POOLING_TYPES = ("AVG", "MAX")
 
 
-def _builtin_registry():
-    layers = keras.layers
-    return [
-        (layers.Dense, ("kernel",)),
-        (layers.EinsumDense, ("kernel",)),
-        (layers.Conv1D, ("kernel",)),
-        (layers.Conv2D, ("kernel",)),
-        (layers.Conv3D, ("kernel",)),
-        (layers.Conv1DTranspose, ("kernel",)),
-        (layers.Conv2DTranspose, ("kernel",)),
-        (layers.Conv3DTranspose, ("kernel",)),
-        (layers.DepthwiseConv1D, ("kernel",)),
-        (layers.DepthwiseConv2D, ("kernel",)),
-        (layers.SeparableConv1D, ("pointwise_kernel",)),
-        (layers.SeparableConv2D, ("pointwise_kernel",)),
-        (layers.Embedding, ("embeddings",)),
-        (layers.LSTMCell, ("kernel", "recurrent_kernel")),
-        (layers.GRUCell, ("kernel", "recurrent_kernel")),
-        (layers.SimpleRNNCell, ("kernel", "recurrent_kernel")),
-    ]
-
-
-_REGISTRY = _builtin_registry()
-
-
 def register_prunable_layer(layer_class, weight_names):
-    """Declares which weights of `layer_class` (and its subclasses) are prunable.
+    """Deprecated: use `tfc.register_layer(layer_class, kernels=weight_names)`.
 
-    A layer can instead define `get_prunable_weights()` returning its prunable
-    variables; that method wins over the registry.
-
-    Args:
-        layer_class: A `keras.layers.Layer` subclass.
-        weight_names: Attribute names of its prunable variables, e.g. `["kernel"]`.
+    Declares the weights of `layer_class` that pruning masks (only pruning:
+    clustering and QAT leave the class alone, as before).
 
     Raises:
         ValueError: `layer_class` is not a Layer subclass or `weight_names` is empty.
-
-    Example:
-        >>> class Scale(keras.layers.Layer):
-        ...     def build(self, shape):
-        ...         self.w = self.add_weight(shape=shape[1:])
-        ...     def call(self, x):
-        ...         return x * self.w
-        >>> register_prunable_layer(Scale, ["w"])
     """
+    warnings.warn(
+        "register_prunable_layer is deprecated: use tfc.register_layer(cls, kernels=[...]), "
+        "which every technique reads.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
         raise ValueError(
             f"`layer_class` must be a Layer subclass. Received: layer_class={layer_class}"
@@ -87,15 +57,9 @@ def register_prunable_layer(layer_class, weight_names):
             "`weight_names` must be a non-empty list of names. "
             f"Received: weight_names={weight_names}"
         )
-    _REGISTRY.insert(0, (layer_class, tuple(weight_names)))
-
-
-def _variable(layer, attr):
-    value = getattr(layer, attr, None)
-    if not isinstance(value, keras.Variable):
-        # LoRA-enabled layers return a tensor from the property; the variable is private.
-        value = getattr(layer, "_" + attr, None)
-    return value if isinstance(value, keras.Variable) else None
+    layers_registry.register_layer(
+        layer_class, kernels=list(weight_names), cluster=(), quantize=False
+    )
 
 
 def get_prunable_weights(layer):
@@ -106,34 +70,21 @@ def get_prunable_weights(layer):
 
     Returns:
         A list of `keras.Variable`: from `layer.get_prunable_weights()` when the
-        layer defines it (the project's RBM returns `[kernel]`), else from the
-        registry; empty for other layers.
+        layer defines it (the tfmot protocol; the project's RBM returns
+        `[kernel]`), else the kernels `tfc.layers_registry` marks prunable
+        (a subclass that overrides `call` is not pruned unless registered);
+        empty for other layers.
     """
     method = getattr(layer, "get_prunable_weights", None)
     if callable(method) and not isinstance(layer, keras.Model):
         return list(method())
     if getattr(layer, "quantization_mode", None):
         return []
-    for cls, names in _REGISTRY:
-        if isinstance(layer, cls):
-            found = [_variable(layer, name) for name in names]
-            return [v for v in found if v is not None]
-    return []
+    return [variable for _, variable in layers_registry.kernel_variables(layer, "prune")]
 
 
-def _walk(layer, ancestors=()):
-    """Depth-first (layer, ancestors) over all sublayers, each layer once."""
-    seen = set()
-
-    def visit(node, chain):
-        for child in node._layers:
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            yield child, chain
-            yield from visit(child, chain + (child,))
-
-    yield from visit(layer, ancestors)
+def _walk(model):
+    return surgery.walk_with_ancestors(model)
 
 
 def _layer_types(model):
@@ -160,51 +111,14 @@ def _weight_names(candidates):
     return [variable.path for _, _, variable in candidates]
 
 
-def _matches(layer, spec):
-    if isinstance(spec, str):
-        return layer.name == spec
-    if isinstance(spec, type):
-        return isinstance(layer, spec)
-    return bool(spec(layer))
-
-
-def _check_selector(name, value):
-    if value is None:
-        return []
-    if isinstance(value, (str, type)) or callable(value) or not isinstance(value, Iterable):
-        items = [value]  # one selector, or a bad value reported below
-    else:
-        items = list(value)
-    for item in items:
-        if not (isinstance(item, (str, type)) or callable(item)):
-            raise ValueError(
-                f"`{name}` must hold layer names, layer classes or callables. "
-                f"Received: {name}={value}"
-            )
-    return items
-
-
 def _select(model, layers, exclude):
     """Indices into `_candidates(model)` chosen by `layers` minus `exclude`."""
-    wanted = _check_selector("layers", layers)
-    unwanted = _check_selector("exclude", exclude)
-    all_names = {layer.name for layer, _ in _walk(model)}
-    for arg, items in (("layers", wanted), ("exclude", unwanted)):
-        unknown = [s for s in items if isinstance(s, str) and s not in all_names]
-        if unknown:
-            raise ValueError(
-                f"Unknown layer names in `{arg}`: {unknown}. Layers found: {sorted(all_names)}. "
-                f"Received: {arg}={items}"
-            )
-    chosen = []
-    for i, (layer, ancestors, _) in enumerate(_candidates(model)):
-        lineage = ancestors + (layer,)
-        if wanted and not any(_matches(x, s) for x in lineage for s in wanted):
-            continue
-        if any(_matches(x, s) for x in lineage for s in unwanted):
-            continue
-        chosen.append(i)
-    return chosen
+    select = surgery.Selection(model, layers, exclude)
+    return [
+        i
+        for i, (layer, ancestors, _) in enumerate(_candidates(model))
+        if select(layer, ancestors)
+    ]
 
 
 def _known_input_shape(model):
@@ -212,15 +126,15 @@ def _known_input_shape(model):
     inputs = getattr(model, "inputs", None)
     if inputs and len(inputs) == 1:
         return tuple(inputs[0].shape)
-    shapes = getattr(model, "_build_shapes_dict", None) or {}
-    return tuple(next(iter(shapes.values()))) if len(shapes) == 1 else None
+    shape = (model.get_build_config() or {}).get("input_shape")
+    return None if shape is None else tuple(shape)
 
 
 def _strategy_scope(variable):
     """The distribution scope the model's variables live in, so masks are mirrored too."""
     if tf.distribute.has_strategy():
         return contextlib.nullcontext()
-    strategy = getattr(getattr(variable, "value", None), "_distribute_strategy", None)
+    strategy = _compat.variable_strategy(variable)
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
@@ -516,8 +430,6 @@ class PrunedModel(keras.Model):
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, adding `UpdatePruningStep` when it is not among the callbacks."""
-        from tfcompress.pruning.callbacks import with_update_step  # it imports this module
-
         args, kwargs = with_update_step(self, args, kwargs)
         return super().fit(*args, **kwargs)
 
@@ -541,6 +453,84 @@ class PrunedModel(keras.Model):
             config["pruning_schedule"]
         )
         return cls(**config)
+
+
+def pruned_models(model):
+    """Every `PrunedModel` in `model`: itself, or nested (e.g. a distiller's student)."""
+    found = [model] if isinstance(model, PrunedModel) else []
+    return found + [
+        layer for layer in _compat.flatten_layers(model) if isinstance(layer, PrunedModel)
+    ]
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Updates the masks before each training batch when the schedule says so.
+
+    The step is the training model's `optimizer.iterations` (the number of
+    steps done), so it survives saving, reloading and several `fit` calls, and
+    counts optimizer steps (not forward calls). When training ends, a mask
+    update due at the next step is applied too, so `end_step = epochs *
+    steps_per_epoch` (tfmot's recipe) ends exactly at the final sparsity.
+    `PrunedModel.fit` and `Distiller.fit` (pruned student) add this callback by
+    themselves when it is missing; pass it explicitly when another model that
+    holds a pruned model is trained.
+
+    Raises:
+        ValueError: at the start of training, when the model holds no pruned model.
+
+    Example:
+        >>> cb = UpdatePruningStep()  # pm.fit(x, y, callbacks=[cb])
+    """
+
+    def on_train_begin(self, logs=None):
+        self._targets = pruned_models(self.model)
+        if not self._targets:
+            raise ValueError(
+                "UpdatePruningStep needs a model made by `prune_low_magnitude`. "
+                f"Received: model={self.model.name}"
+            )
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self.model.optimizer.iterations
+        for pruned in self._targets:
+            pruned.update_masks(step)
+
+    def on_train_end(self, logs=None):
+        # A mask due at the step after the last one (the usual `end_step =
+        # epochs * steps_per_epoch`) is applied now, so fit ends at the target.
+        self.on_train_batch_begin(None)
+
+
+def with_update_step(model, args, kwargs):
+    """`fit(*args, **kwargs)` arguments with an `UpdatePruningStep` for `model`.
+
+    Added only when `model` holds a pruned model and the callbacks have no
+    `UpdatePruningStep` yet: `PrunedModel.fit` and `Distiller.fit` use it, so a
+    pruned model (or a distiller's pruned student) never trains unpruned by
+    accident.
+    """
+    if not pruned_models(model):
+        return args, kwargs
+    args, kwargs = list(args), dict(kwargs)
+    if len(args) > 5:  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
+        args[5] = _add_update_step(args[5], model)
+    else:
+        kwargs["callbacks"] = _add_update_step(kwargs.get("callbacks"), model)
+    return args, kwargs
+
+
+def _add_update_step(callbacks, model):
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        # `fit` uses a CallbackList as given, so the new callback needs its model here.
+        if not any(isinstance(c, UpdatePruningStep) for c in callbacks.callbacks):
+            callback = UpdatePruningStep()
+            callback.set_model(model)
+            callbacks.callbacks.append(callback)
+        return callbacks
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, UpdatePruningStep) for c in callbacks):
+        callbacks.append(UpdatePruningStep())
+    return callbacks
 
 
 def prune_low_magnitude(
@@ -615,6 +605,7 @@ def prune_low_magnitude(
         pruning_schedule = schedules.ConstantSparsity(0.5, begin_step=0, frequency=100)
     pruning_schedule = schedules.get(pruning_schedule)
     indices = _select(to_prune, layers, exclude)
+    layers_registry.warn_overridden([layer for layer, _ in _walk(to_prune)], "Pruning")
     if not indices:
         found = _layer_types(to_prune)
         raise ValueError(

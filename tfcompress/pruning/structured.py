@@ -2,142 +2,417 @@
 
 Zeros alone do not make a TFLite model faster; fewer units do. `prune_units`
 ranks the output units of Dense and Conv layers by the norm of their incoming
-weights, removes the weakest, and slices the matching inputs of every layer
-that reads them (BatchNormalization, pooling, Flatten, the next Dense or Conv).
+weights, removes the weakest, and slices every tensor and layer those channels
+flow through.
+
+The hard part is knowing which channels must go together. A residual `Add`
+makes its two inputs share channels (both producers must lose the same
+units), an SE block multiplies a feature map by per-channel gates, a
+depthwise conv maps channel i to channel i, Concatenate stacks channels with
+offsets, Flatten repeats them over spatial positions. So the model's graph,
+Keras op nodes included (`x * ops.relu6(x + 3.0) / 6.0`), is walked once and
+every channel of every tensor gets a *slot*; slots that must be removed
+together are merged in a union-find (the dependency-graph idea of
+torch-pruning). A channel class can be removed when none of its slots is
+*blocked*: reaches a model output, an unknown layer or op, a nested model, or
+a non-last-axis operation.
 """
 
+import dataclasses
 import numbers
 
 import keras
 import numpy as np
 
-_PRODUCERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_CONSUMERS = _PRODUCERS
-_PASS_THROUGH = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Softmax,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.ActivityRegularization,
-    keras.layers.Identity,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalAveragePooling3D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.Cropping3D,
-    keras.layers.UpSampling1D,
-    keras.layers.UpSampling2D,
-    keras.layers.UpSampling3D,
+from tfcompress import _compat, layers_registry
+from tfcompress.layers_registry import (
+    CONCATENATES,
+    DEPTHWISE,
+    MERGES,
+    PASSES,
+    PER_CHANNEL,
+    PRODUCES,
 )
+from tfcompress.surgery import as_functional, copy_layer, copy_model, is_graph_model, rebuild_graph
+
 _CRITERIA = ("l1", "l2")
+_RESHAPES = "reshapes"  # Flatten, Reshape, ops.reshape: a last axis of k x the channels
+
+# Keras ops (by class name) computed element by element, channel i from channel i.
+_UNARY_OPS = frozenset(
+    """Abs Absolute Cast Ceil Celu Clip Cos Elu Erf Exp Expm1 Floor Gelu HardShrink HardSigmoid
+    HardSilu HardTanh LeakyRelu Log Log1p LogSigmoid Negative Reciprocal Relu Relu6 Round Selu
+    Sigmoid Sign Silu Sin SoftShrink Softplus Softsign Sqrt Square Squareplus StopGradient Tanh
+    TanhShrink Trunc""".split()
+)
+# Keras ops combining their operands element by element (with broadcasting).
+_BINARY_OPS = frozenset(
+    "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power Fmax Fmin".split()
+)
+_ELEMENTWISE_OPS = _UNARY_OPS | _BINARY_OPS
+# Activations mixing the channels of a position: removing one changes the others.
+_CROSS_CHANNEL_ACTIVATIONS = frozenset({"softmax", "log_softmax", "sparsemax", "glu"})
 
 
-def _is_channels_last_conv(layer):
-    return getattr(layer, "data_format", "channels_last") == "channels_last" and (
-        getattr(layer, "groups", 1) == 1
+class _Slots:
+    """Union-find over channel slots; a class is blocked if any of its slots is."""
+
+    def __init__(self):
+        self._parent = []
+        self._blocked = []
+
+    def new(self, n, blocked=False):
+        start = len(self._parent)
+        self._parent.extend(range(start, start + n))
+        self._blocked.extend([blocked] * n)
+        return list(range(start, start + n))
+
+    def find(self, slot):
+        parent = self._parent
+        while parent[slot] != slot:
+            parent[slot] = parent[parent[slot]]
+            slot = parent[slot]
+        return slot
+
+    def tie(self, slots_a, slots_b):
+        """The i-th channels of two tensors are removed together."""
+        for a, b in zip(slots_a, slots_b):
+            a, b = self.find(a), self.find(b)
+            if a != b:
+                self._parent[b] = a
+                self._blocked[a] = self._blocked[a] or self._blocked[b]
+
+    def block(self, slots):
+        for slot in slots:
+            self._blocked[self.find(slot)] = True
+
+    def blocked(self, slot):
+        return self._blocked[self.find(slot)]
+
+
+@dataclasses.dataclass
+class _Producer:
+    """A Dense/Conv layer whose output units can be removed.
+
+    Attributes:
+        layer: the layer.
+        slots: the slot of each output unit.
+        scores: the norm of each unit's incoming weights (its importance).
+    """
+
+    layer: keras.layers.Layer
+    slots: list
+    scores: np.ndarray
+
+
+@dataclasses.dataclass
+class _Reader:
+    """A layer whose weights follow the channels of its input.
+
+    Attributes:
+        layer: the layer.
+        role: `PRODUCES` (kernel input axis -2 sliced), `DEPTHWISE` (kernel
+            axis -2 and bias), `PER_CHANNEL` (every weight along the last
+            axis: BatchNormalization, PReLU), `_RESHAPES` (its target shape).
+            A Keras op (`ops.reshape`) can be a `layer` here.
+        slots: the slot of each channel of its input.
+    """
+
+    layer: object
+    role: str
+    slots: list
+
+
+@dataclasses.dataclass
+class _Group:
+    """Producers whose units are tied (through merges, SE gates, ...): one decision.
+
+    Attributes:
+        producers: the `_Producer`s.
+        classes: the removable channel classes (union-find roots), in unit order.
+        fraction: the fraction of `classes` to remove.
+    """
+
+    producers: list
+    classes: list
+    fraction: float = 0.0
+
+
+@dataclasses.dataclass
+class _Cut:
+    """What one layer of the new model loses.
+
+    Attributes:
+        role: as `_Reader.role` (a producer that reads nothing sliced is `PRODUCES`).
+        width_in: the number of input channels before the cut.
+        keep_in: sorted indices of the input channels kept, or None for all.
+        keep_out: sorted indices of the output units kept (producers), or None.
+    """
+
+    role: str
+    width_in: int = None
+    keep_in: np.ndarray = None
+    keep_out: np.ndarray = None
+
+
+def _last_dim(tensor):
+    shape = tensor.shape
+    return shape[-1] if len(shape) else 0
+
+
+def _is_scalar(value):
+    """A non-tensor call argument that cannot hold a value per channel."""
+    try:
+        return np.size(value) <= 1
+    except Exception:  # noqa: BLE001 - an object numpy cannot size: treat as channel data
+        return False
+
+
+class _ChannelGraph:
+    """The channel slots of every tensor of a Functional model, and who reads them.
+
+    Walks the nodes in topological order. `channels[id(tensor)]` is the list of
+    slots of the tensor's last axis (None when that axis is unknown).
+    """
+
+    def __init__(self, model, criterion):
+        self.criterion = criterion
+        self.slots = _Slots()
+        self.channels = {}
+        self.producers = {}  # id(layer) -> _Producer
+        self.readers = {}  # id(layer) -> _Reader
+        for node in _compat.graph_nodes(model):
+            self._visit(node)
+        for tensor in model.outputs:
+            self.slots.block(self.channels.get(id(tensor)) or [])
+
+    # -- the walk -----------------------------------------------------------------
+
+    def _visit(self, node):
+        op = node.operation
+        args, kwargs = _compat.node_arguments(node)
+        leaves = keras.tree.flatten((args, kwargs))
+        tensors = [x for x in leaves if isinstance(x, keras.KerasTensor)]
+        others = [x for x in leaves if not isinstance(x, keras.KerasTensor)]
+        if getattr(node, "is_input", False) or not tensors:
+            self._opaque(node, [])
+        elif isinstance(op, keras.layers.Layer):
+            self._visit_layer(node, op, tensors)
+        else:
+            self._visit_op(node, op, tensors, others)
+
+    def _visit_op(self, node, op, tensors, others):
+        name = type(op).__name__
+        if name in _ELEMENTWISE_OPS and not (
+            all(map(_is_scalar, others)) and _scalar_attributes(op)
+        ):
+            self._opaque(node, tensors)  # a constant with a value per channel
+        elif name in _UNARY_OPS and len(tensors) == 1:
+            self._pass(node, tensors[0])
+        elif name in _BINARY_OPS:
+            self._elementwise(node, tensors)
+        elif name == "Concatenate":
+            self._concatenate(node, tensors, node.operation.axis)
+        elif name == "Reshape" and len(tensors) == 1 and hasattr(op, "newshape"):
+            self._reshape(node, op, tensors[0])
+        else:
+            self._opaque(node, tensors)
+
+    def _visit_layer(self, node, layer, tensors):
+        kind = _layer_kind(layer, len(tensors[0].shape))
+        single = len(tensors) == 1
+        if kind == PRODUCES and single:
+            self._produce(node, layer, tensors[0])
+        elif kind == DEPTHWISE and single:
+            self._read(layer, DEPTHWISE, tensors[0])
+            self._pass(node, tensors[0])
+        elif kind == PER_CHANNEL and single:
+            self._read(layer, PER_CHANNEL, tensors[0])
+            self._pass(node, tensors[0])
+        elif kind == PASSES and single:
+            if layer.weights:  # PReLU: a weight per channel
+                self._read(layer, PER_CHANNEL, tensors[0])
+            self._pass(node, tensors[0])
+        elif kind == MERGES:
+            self._elementwise(node, tensors)
+        elif kind == CONCATENATES:
+            self._concatenate(node, tensors, layer.axis)
+        elif kind == _RESHAPES and single:
+            self._reshape(node, layer, tensors[0])
+        else:
+            self._opaque(node, tensors)
+
+    # -- channel rules ------------------------------------------------------------
+
+    def _fresh(self, tensor, blocked):
+        width = _last_dim(tensor)
+        return None if width is None else self.slots.new(width, blocked)
+
+    def _set(self, node, slots):
+        """The node's output carries `slots`, unless its shape says otherwise (then they stay)."""
+        outputs = node.outputs
+        if len(outputs) != 1 or slots is None or _last_dim(outputs[0]) != len(slots):
+            self.slots.block(slots or [])
+            self._opaque(node, [])
+            return
+        self.channels[id(outputs[0])] = slots
+
+    def _opaque(self, node, tensors):
+        """Something whose channel mapping is unknown: its inputs stay whole."""
+        for tensor in tensors:
+            self.slots.block(self.channels.get(id(tensor)) or [])
+        for tensor in node.outputs:
+            self.channels[id(tensor)] = self._fresh(tensor, blocked=True)
+
+    def _pass(self, node, tensor):
+        self._set(node, self.channels.get(id(tensor)))
+
+    def _elementwise(self, node, tensors):
+        """Operands of the same width share channels; a width-1 operand broadcasts."""
+        inputs = [self.channels.get(id(t)) for t in tensors]
+        if any(slots is None for slots in inputs):
+            self._opaque(node, tensors)
+            return
+        width = max(len(slots) for slots in inputs)
+        wide = [slots for slots in inputs if len(slots) == width]
+        narrow = [slots for slots in inputs if len(slots) != width]
+        if any(len(slots) > 1 for slots in narrow):
+            self._opaque(node, tensors)
+            return
+        for slots in narrow:  # a gate shared by all channels stays
+            self.slots.block(slots)
+        for slots in wide[1:]:
+            self.slots.tie(wide[0], slots)
+        self._set(node, wide[0])
+
+    def _concatenate(self, node, tensors, axis):
+        inputs = [self.channels.get(id(t)) for t in tensors]
+        rank = len(tensors[0].shape)
+        if axis not in (-1, rank - 1) or any(slots is None for slots in inputs):
+            self._opaque(node, tensors)
+            return
+        self._set(node, [slot for slots in inputs for slot in slots])
+
+    def _reshape(self, node, operation, tensor):
+        """A row-major reshape whose last axis is k times the channels keeps channel j % C.
+
+        Flatten after a conv is one; the target shape then shrinks with the channels.
+        """
+        slots = self.channels.get(id(tensor))
+        width = _last_dim(node.outputs[0]) if len(node.outputs) == 1 else None
+        if not slots or not width or width % len(slots):
+            self._opaque(node, [tensor])
+            return
+        self._read(operation, _RESHAPES, tensor)
+        self._set(node, slots * (width // len(slots)))
+
+    def _read(self, layer, role, tensor):
+        """Records that `layer`'s weights follow its input channels (tied across calls)."""
+        slots = self.channels.get(id(tensor))
+        seen = self.readers.get(id(layer))
+        if seen is None:
+            self.readers[id(layer)] = _Reader(layer, role, slots)
+        elif seen.slots is None or slots is None or len(seen.slots) != len(slots):
+            self.slots.block((seen.slots or []) + (slots or []))
+        else:
+            self.slots.tie(seen.slots, slots)
+
+    def _produce(self, node, layer, tensor):
+        kernel = layers_registry.variable(layer, "kernel")
+        if kernel is None or len(kernel.shape) < 2:
+            self._opaque(node, [tensor])
+            return
+        inputs = self.channels.get(id(tensor))
+        if inputs is not None and len(inputs) != kernel.shape[-2]:
+            self.slots.block(inputs)
+        else:
+            self._read(layer, PRODUCES, tensor)
+        if id(layer) not in self.producers:
+            values = keras.ops.convert_to_numpy(kernel)
+            self.producers[id(layer)] = _Producer(
+                layer, self.slots.new(values.shape[-1]), _scores(values, self.criterion)
+            )
+        self._set(node, self.producers[id(layer)].slots)
+
+
+def _scalar_attributes(op):
+    """An op object holding no per-channel constant (ops.clip keeps its bounds)."""
+    return all(
+        _is_scalar(value)
+        for key, value in vars(op).items()
+        if not key.startswith("_") and not callable(value)
     )
 
 
-def _can_produce(layer):
-    if not isinstance(layer, _PRODUCERS):
-        return False
-    return isinstance(layer, keras.layers.Dense) or _is_channels_last_conv(layer)
+def _layer_kind(layer, rank):
+    """The channel rule of a layer: a registry rule, `_RESHAPES`, or None (it blocks)."""
+    if is_graph_model(layer) or getattr(layer, "data_format", None) == "channels_first":
+        return None
+    if isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)):
+        return _RESHAPES
+    if isinstance(layer, keras.layers.Rescaling):
+        return PASSES if _is_scalar(layer.scale) and _is_scalar(layer.offset) else None
+    spec = layers_registry.lookup(layer)
+    kind = spec.channels if spec is not None else None
+    if kind == PRODUCES and not _removable_units(layer):
+        return None
+    if kind == DEPTHWISE and getattr(layer, "depth_multiplier", 1) != 1:
+        return None
+    if kind == PER_CHANNEL and getattr(layer, "axis", -1) not in (-1, rank - 1):
+        return None
+    if kind == PASSES and _mixes_channels(layer):
+        return None
+    return kind
 
 
-def _history_names(obj):
-    """Names of the layers whose outputs appear in an inbound-node config."""
-    if isinstance(obj, dict):
-        if "keras_history" in obj:
-            return [obj["keras_history"][0]]
-        return [n for v in obj.values() for n in _history_names(v)]
-    if isinstance(obj, (list, tuple)):
-        return [n for v in obj for n in _history_names(v)]
-    return []
+def _removable_units(layer):
+    """A Dense/Conv whose kernel is a plain float variable with units on the last axis."""
+    return (
+        getattr(layer, "groups", 1) == 1
+        and not getattr(layer, "lora_enabled", False)
+        and not getattr(layer, "quantization_mode", None)
+    )
 
 
-def _output_names(spec):
-    if isinstance(spec, (list, tuple)) and len(spec) == 3 and isinstance(spec[0], str):
-        return [spec[0]]
-    if isinstance(spec, dict):
-        return [n for v in spec.values() for n in _output_names(v)]
-    if isinstance(spec, (list, tuple)):
-        return [n for v in spec for n in _output_names(v)]
-    return []
+def _mixes_channels(layer):
+    activation = getattr(layer, "activation", None)
+    return (
+        isinstance(layer, keras.layers.Softmax)
+        or getattr(activation, "__name__", None) in _CROSS_CHANNEL_ACTIVATIONS
+        or getattr(layer, "noise_shape", None) is not None  # Dropout: may name the width
+    )
 
 
-def _graph(model):
-    """(consumers by layer name, output layer names, shared or multi-input layer names)."""
-    if isinstance(model, keras.Sequential):
-        names = [layer.name for layer in model.layers]
-        consumers = {a: [b] for a, b in zip(names, names[1:])}
-        return consumers, {names[-1]}, set()
-    config = model.get_config()
-    consumers, awkward = {}, set()
-    for entry in config["layers"]:
-        nodes = entry.get("inbound_nodes", [])
-        parents = [n for node in nodes for n in _history_names(node)]
-        if len(nodes) > 1 or len(parents) > 1:
-            awkward.add(entry["name"])
-        for parent in parents:
-            consumers.setdefault(parent, []).append(entry["name"])
-    return consumers, set(_output_names(config["output_layers"])), awkward
+def _scores(kernel, criterion):
+    """The L1 or L2 norm of each output unit's incoming weights."""
+    columns = kernel.reshape(-1, kernel.shape[-1])
+    return np.abs(columns).sum(0) if criterion == "l1" else np.sqrt((columns**2).sum(0))
 
 
-def _trace(model, name, graph):
-    """Layers that read `name`'s channels: [(layer name, role, positions)], or None if blocked.
+# -- planning -------------------------------------------------------------------------
 
-    Role is "bn" (per-channel vectors), "flatten" or "input" (a Dense/Conv whose
-    input axis is sliced); `positions` is the number of flattened spatial
-    positions per channel seen by an "input" layer.
-    """
-    consumers, outputs, awkward = graph
-    found, frontier = [], [(name, 1)]
-    while frontier:
-        current, positions = frontier.pop()
-        if current in outputs:
-            return None
-        for child_name in consumers.get(current, []):
-            child = model.get_layer(child_name)
-            if child_name in awkward or getattr(child, "data_format", None) == "channels_first":
-                # A channels-first Flatten or pooling reorders or reduces the channel axis.
-                return None
-            if isinstance(child, _CONSUMERS) and (
-                isinstance(child, keras.layers.Dense) or _is_channels_last_conv(child)
-            ):
-                found.append((child_name, "input", positions))
-            elif isinstance(child, keras.layers.BatchNormalization):
-                if child.axis not in (-1, len(child.input.shape) - 1):
-                    return None
-                found.append((child_name, "bn", positions))
-                frontier.append((child_name, positions))
-            elif isinstance(child, keras.layers.Flatten):
-                spatial = int(np.prod(child.input.shape[1:-1]))
-                frontier.append((child_name, positions * spatial))
-            elif isinstance(child, _PASS_THROUGH):
-                frontier.append((child_name, positions))
-            else:
-                return None
-    return found
+
+def _groups(graph):
+    """Producers sharing a removable channel class, merged into `_Group`s."""
+    slots = graph.slots
+    owner = {}  # class root -> index of the group that holds it
+    groups = []
+    for producer in graph.producers.values():
+        roots = [slots.find(s) for s in producer.slots if not slots.blocked(s)]
+        if not roots:
+            continue
+        group = _Group([], [])
+        for index in sorted({owner[r] for r in roots if r in owner}):
+            group.producers += groups[index].producers  # groups this producer ties together
+            group.classes += groups[index].classes
+            groups[index] = None
+        known = set(group.classes)
+        group.producers.append(producer)
+        group.classes += [r for r in dict.fromkeys(roots) if r not in known]
+        groups.append(group)
+        for r in group.classes:
+            owner[r] = len(groups) - 1
+    return [g for g in groups if g is not None]
 
 
 def _check_fraction(name, value):
@@ -145,78 +420,209 @@ def _check_fraction(name, value):
         raise ValueError(f"`{name}` must be a number in [0, 1). Received: {name}={value}")
 
 
-def _plan(model, fraction, graph):
-    """{producer name: (fraction, trace)} after validating `fraction`."""
-    prunable = {}
-    for layer in model.layers:
-        if _can_produce(layer):
-            trace = _trace(model, layer.name, graph)
-            if trace is not None:
-                prunable[layer.name] = trace
-    if isinstance(fraction, dict):
-        names = {layer.name for layer in model.layers}
-        for key, value in fraction.items():
-            if key not in names:
-                raise ValueError(
-                    f"Unknown layer name {key!r} in `fraction`. Layers: {sorted(names)}. "
-                    f"Received: fraction={fraction}"
-                )
-            if key not in prunable:
-                raise ValueError(
-                    f"Layer {key!r} cannot lose units: it is not a Dense/Conv layer, or its "
-                    "output reaches a model output, a merge or an unsupported layer. Prunable: "
-                    f"{sorted(prunable)}. Received: fraction={fraction}"
-                )
-            _check_fraction(f"fraction[{key!r}]", value)
-        return {k: (v, prunable[k]) for k, v in fraction.items() if v > 0}
-    _check_fraction("fraction", fraction)
-    if not prunable:
-        raise ValueError(
-            "No layer of the model can lose units (Dense/Conv layers not feeding a model output, "
-            f"a merge or an unsupported layer). Received: model={model.name}"
-        )
-    return {k: (fraction, t) for k, t in prunable.items() if fraction > 0}
+def _set_fractions(model, groups, fraction):
+    """Validates `fraction` and gives each group its fraction."""
+    if not isinstance(fraction, dict):
+        _check_fraction("fraction", fraction)
+        if not groups:
+            raise ValueError(
+                "No layer of the model can lose units (every Dense/Conv unit reaches a model "
+                f"output or an unsupported layer or op). Received: model={model.name}"
+            )
+        for group in groups:
+            group.fraction = fraction
+        return
+    _check_fraction_dict(model, groups, fraction)
+    for group in groups:
+        names = [p.layer.name for p in group.producers]
+        given = {name: fraction[name] for name in names if name in fraction}
+        if len(set(given.values())) > 1:
+            raise ValueError(
+                f"Layers {sorted(given)} must lose the same units (their outputs meet in an "
+                "element-wise merge or op), so they take one fraction. "
+                f"Received: fraction={fraction}"
+            )
+        group.fraction = next(iter(given.values()), 0.0)  # tied layers follow a named one
 
 
-def _keep_indices(kernel, fraction, criterion):
-    """Sorted indices of the output units to keep, by norm of incoming weights."""
-    columns = kernel.reshape(-1, kernel.shape[-1])
-    scores = np.abs(columns).sum(0) if criterion == "l1" else np.sqrt((columns**2).sum(0))
-    units = kernel.shape[-1]
-    keep = max(1, units - int(round(fraction * units)))
-    order = np.argsort(-scores, kind="stable")
-    return np.sort(order[:keep])
+def _check_fraction_dict(model, groups, fraction):
+    names = {layer.name for layer in model.layers}
+    prunable = {p.layer.name for g in groups for p in g.producers}
+    for key, value in fraction.items():
+        if key not in names:
+            raise ValueError(
+                f"Unknown layer name {key!r} in `fraction`. Layers: {sorted(names)}. "
+                f"Received: fraction={fraction}"
+            )
+        if key not in prunable:
+            raise ValueError(
+                f"Layer {key!r} cannot lose units: it is not a Dense/Conv layer, or all its "
+                "units reach a model output or an unsupported layer or op. Prunable: "
+                f"{sorted(prunable)}. Received: fraction={fraction}"
+            )
+        _check_fraction(f"fraction[{key!r}]", value)
 
 
-def _flat_indices(keep, channels, positions):
-    """Indices into a channels-last flattened axis of `positions` x `channels`."""
-    return (np.arange(positions)[:, None] * channels + keep[None, :]).ravel()
+def _removed_classes(graph, groups):
+    """The channel classes removed: the weakest of each group by summed importance."""
+    slots = graph.slots
+    removed = set()
+    for group in groups:
+        n = len(group.classes)
+        drop = min(int(round(group.fraction * n)), n - 1)
+        if drop <= 0:
+            continue
+        index = {root: i for i, root in enumerate(group.classes)}
+        scores = np.zeros(n)
+        for producer in group.producers:
+            for slot, score in zip(producer.slots, producer.scores):
+                i = index.get(slots.find(slot))
+                if i is not None:
+                    scores[i] += score
+        order = np.argsort(-scores, kind="stable")
+        removed.update(group.classes[i] for i in order[n - drop :])
+        for producer in group.producers:  # every layer keeps a unit
+            roots = [slots.find(s) for s in producer.slots]
+            if all(r in removed for r in roots):
+                removed.discard(roots[int(np.argmax(producer.scores))])
+    return removed
+
+
+def _kept(graph, slots, removed):
+    """Indices of `slots` that survive, or None when all do."""
+    if slots is None:
+        return None
+    keep = [i for i, s in enumerate(slots) if graph.slots.find(s) not in removed]
+    return None if len(keep) == len(slots) else np.asarray(keep)
+
+
+def _cuts(graph, removed):
+    """`{id(layer): _Cut}` for every layer whose weights or units change."""
+    cuts = {}
+    for key, reader in graph.readers.items():
+        keep = _kept(graph, reader.slots, removed)
+        if keep is not None:
+            cuts[key] = _Cut(reader.role, len(reader.slots), keep_in=keep)
+    for key, producer in graph.producers.items():
+        keep = _kept(graph, producer.slots, removed)
+        if keep is not None:
+            cuts[key] = dataclasses.replace(cuts.get(key, _Cut(PRODUCES)), keep_out=keep)
+    return cuts
+
+
+# -- rebuilding ------------------------------------------------------------------------
+
+
+def _new_config(layer, cut):
+    config = layer.get_config()
+    if cut.keep_out is not None:
+        config[layers_registry.lookup(layer).unit_key] = len(cut.keep_out)
+    if cut.role == _RESHAPES and "target_shape" in config:
+        config["target_shape"] = _new_shape(config["target_shape"], cut)
+    return config
+
+
+def _new_shape(shape, cut):
+    """A reshape target whose last axis (k x the channels, or -1) follows the cut."""
+    shape = list(shape)
+    if shape[-1] != -1:
+        shape[-1] = shape[-1] // cut.width_in * len(cut.keep_in)
+    return tuple(shape)
+
+
+def _sliced_weights(layer, cut):
+    """The layer's weights with the removed input channels and output units taken out."""
+    kernel = layers_registry.variable(layer, "kernel") if cut.role != PER_CHANNEL else None
+    width_out = kernel.shape[-1] if kernel is not None else None
+    values = []
+    for variable, value in zip(layer.weights, layer.get_weights()):
+        if variable is kernel:
+            if cut.keep_in is not None:
+                value = np.take(value, cut.keep_in, axis=-2)
+            if cut.keep_out is not None:
+                value = np.take(value, cut.keep_out, axis=-1)
+        elif cut.role == PRODUCES:
+            if cut.keep_out is not None and value.ndim and value.shape[-1] == width_out:
+                value = np.take(value, cut.keep_out, axis=-1)
+        elif cut.keep_in is not None and value.ndim and value.shape[-1] == cut.width_in:
+            value = np.take(value, cut.keep_in, axis=-1)  # bias, BatchNorm, PReLU vectors
+        values.append(value)
+    return values
+
+
+def _rebuild(model, cuts):
+    """The model re-run node by node with cut layers made smaller."""
+    new_layers = {}
+
+    def new_layer(layer, args, kwargs):
+        cut = cuts.get(id(layer))
+        if cut is None:
+            if is_graph_model(layer):
+                return copy_model(layer), None
+            return copy_layer(layer, call=(args, kwargs)), None
+        new = layer.__class__.from_config(_new_config(layer, cut))
+        outputs = new(*args, **kwargs)  # builds it at the new width
+        new.set_weights(_sliced_weights(layer, cut))
+        return new, outputs
+
+    def call(operation, args, kwargs):
+        if not isinstance(operation, keras.layers.Layer):
+            cut = cuts.get(id(operation))
+            if cut is not None:  # ops.reshape to a width that held the removed channels
+                return keras.ops.reshape(args[0], _new_shape(operation.newshape, cut))
+            return operation(*args, **kwargs)  # a Keras op: no per-channel state
+        outputs = None
+        if id(operation) not in new_layers:
+            new_layers[id(operation)], outputs = new_layer(operation, args, kwargs)
+        return outputs if outputs is not None else new_layers[id(operation)](*args, **kwargs)
+
+    functional = rebuild_graph(model, call)
+    if not isinstance(model, keras.Sequential):
+        return functional
+    spec = model.inputs[0]
+    return keras.Sequential(
+        [keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=spec.name)]
+        + [new_layers[id(layer)] for layer in model.layers],
+        name=model.name,
+    )
 
 
 def prune_units(model, fraction=0.5, criterion="l1"):
     """Removes the weakest neurons of Dense and filters of Conv layers.
 
-    Every Dense/Conv layer whose output only flows (through activations,
-    dropout, pooling, BatchNormalization, Flatten) into other Dense/Conv layers
-    loses `fraction` of its units, those with the smallest L1 or L2 norm of
-    incoming weights; the readers' matching inputs are removed too. Layers
-    feeding a model output, a merge (Add, Concatenate) or a shared layer are
-    left whole. The result is a new, smaller, plain Keras model with the
-    surviving weights copied; fine-tune it with `compile` and `fit`.
+    The model's graph, Keras op nodes included, is read as channel
+    dependencies: element-wise merges and ops (`Add` of a residual block,
+    `x * ops.relu6(x + 3.0) / 6.0` hard-swish, the `Multiply` of an SE gate,
+    broadcast from `(N, 1, 1, C)`) make their inputs lose the same channels;
+    DepthwiseConv (depth multiplier 1), BatchNormalization, PReLU and
+    channel-wise layers (activations, pooling, dropout, padding, scalar
+    Rescaling) follow their input; Concatenate on the last axis, Flatten and
+    Reshapes whose last axis is a multiple of the channels map them by index.
+    Tied units form a group ranked by the summed L1/L2 norm of the units'
+    incoming weights; the group loses `fraction` of them and every reader is
+    sliced to match. Channels reaching a model output, a layer or op this
+    does not know (LayerNormalization, Softmax, non-last-axis ops, a constant
+    with a value per channel), or a nested model are left whole. The result
+    is a new, smaller, plain Keras model with the surviving weights copied;
+    fine-tune it with `compile` and `fit`.
 
     Args:
         model: A built Sequential or Functional model.
         fraction: Fraction in [0, 1) of units to remove from every prunable
-            layer, or `{layer name: fraction}` for some layers only.
+            layer, or `{layer name: fraction}` for some layers only (layers
+            tied to a named one follow it; tied layers named with different
+            fractions are an error).
         criterion: "l1" or "l2" norm of a unit's incoming weights.
 
     Returns:
-        A new `keras.Model` of the same kind with fewer units.
+        A new `keras.Model` of the same kind (Sequential or Functional) with
+        fewer units. Layers inside nested sub-models keep theirs.
 
     Raises:
         ValueError: a subclassed or unbuilt model, a fraction outside [0, 1),
-            an unknown or unprunable layer name in the dict, a bad `criterion`,
-            or a model with no prunable layer.
+            an unknown or unprunable layer name in the dict, tied layers given
+            different fractions, a bad `criterion`, or a model with no
+            prunable layer.
 
     Example:
         >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, activation="relu"),
@@ -233,36 +639,7 @@ def prune_units(model, fraction=0.5, criterion="l1"):
         raise ValueError(f"The model must be built. Received: model={model.name}")
     if criterion not in _CRITERIA:
         raise ValueError(f"`criterion` must be one of {_CRITERIA}. Received: criterion={criterion}")
-    graph = _graph(model)
-    plan = _plan(model, fraction, graph)
-    out_keep, in_keep, bn_keep = {}, {}, {}
-    for name, (frac, trace) in plan.items():
-        layer = model.get_layer(name)
-        keep = _keep_indices(keras.ops.convert_to_numpy(layer.kernel), frac, criterion)
-        out_keep[name] = keep
-        channels = layer.kernel.shape[-1]
-        for reader, role, positions in trace:
-            if role == "bn":
-                bn_keep[reader] = keep
-            else:
-                in_keep[reader] = _flat_indices(keep, channels, positions)
-
-    def clone(layer):
-        config = layer.get_config()
-        if layer.name in out_keep:
-            key = "units" if isinstance(layer, keras.layers.Dense) else "filters"
-            config[key] = len(out_keep[layer.name])
-        return layer.__class__.from_config(config)
-
-    small = keras.models.clone_model(model, clone_function=clone)
-    for layer in model.layers:
-        weights = layer.get_weights()
-        if layer.name in in_keep:
-            weights[0] = np.take(weights[0], in_keep[layer.name], axis=-2)
-        if layer.name in out_keep:
-            weights = [np.take(w, out_keep[layer.name], axis=-1) for w in weights]
-        if layer.name in bn_keep:
-            weights = [np.take(w, bn_keep[layer.name], axis=-1) for w in weights]
-        if weights:
-            small.get_layer(layer.name).set_weights(weights)
-    return small
+    graph = _ChannelGraph(as_functional(model), criterion)
+    groups = _groups(graph)
+    _set_fractions(model, groups, fraction)
+    return _rebuild(model, _cuts(graph, _removed_classes(graph, groups)))

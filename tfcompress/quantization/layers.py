@@ -5,6 +5,7 @@ import weakref
 import keras
 from keras import ops
 
+from tfcompress import _compat, _tracing
 from tfcompress._serialization import register
 from tfcompress.quantization import clusters, quantizers, registry
 from tfcompress.quantization.config import QuantizeConfig, is_decay
@@ -25,6 +26,34 @@ def _mark_quantized(x):
 
 def _is_quantized(x):
     return _QUANTIZED.get(id(x)) is x
+
+
+def _range_source(tensor):
+    """The `ActivationQuantizer` whose range a Functional graph's tensor has, or None.
+
+    Looks through the layers and ops after which TFLite keeps the scale
+    (pooling, reshapes, padding, dropout, means over 1x1).
+    """
+    while True:
+        history = _compat.keras_history(tensor)
+        if history is None:
+            return None
+        operation, node_index = history[0], history[1]
+        if isinstance(operation, ActivationQuantizer):
+            return operation
+        if isinstance(operation, QuantizeWrapper):
+            return getattr(operation, "output_quantizer", None)
+        if isinstance(operation, keras.layers.Layer):
+            keeps = registry.role(operation) == "pass" or registry.averages_single_values(operation)
+        else:
+            keeps = type(operation).__name__ in registry.MOVING_OPS
+        nodes = _compat.inbound_nodes(operation)
+        if not keeps or node_index >= len(nodes):
+            return None
+        tensors = list(nodes[node_index].input_tensors)
+        if not tensors:
+            return None
+        tensor = tensors[0]
 
 
 @register
@@ -98,6 +127,20 @@ class ActivationQuantizer(keras.layers.Layer):
             lo, hi = self.min_value, self.max_value
         return _mark_quantized(quantizers.fake_quant(inputs, lo, hi))
 
+    def scale_and_zero_point(self):
+        """The current range as TFLite stores it: float32 scale, int8 zero point (tensors)."""
+        return quantizers.scale_and_zero_point(*self._range())
+
+    def scale(self):
+        """The current range's float32 scale (a tensor)."""
+        lo, hi = (ops.cast(v, "float32") for v in self._range())
+        return (hi - lo) / float(2**quantizers.NUM_BITS - 1)
+
+    def _range(self):
+        if self.fixed_range is not None:
+            return self.fixed_range
+        return self.min_value, self.max_value
+
     def _update_range(self, inputs):
         batch_lo, batch_hi = quantizers.batch_range(inputs)
         first = self.initialized < 0.5
@@ -130,6 +173,18 @@ class QuantizeWrapper(keras.layers.Layer):
     after a dilated convolution, which TFLite cannot fuse); other
     activations get a range before and after them. Layers without weights
     (Add, Concatenate, activations, global average pooling) get an output range.
+
+    Where the range of the input is known (the quantizer before it in a
+    Functional graph, through pooling/reshape-like layers, or the wrapper's
+    own input range), the wrapper also computes what TFLite's integer kernels
+    compute at inference: the bias is rounded to the int32 grid of scale
+    ``input scale x kernel scale``, and a hard-swish activation follows the
+    fixed-point arithmetic of the int8 HARD_SWISH kernel (see
+    `quantizers.hard_swish_int8`). Both are sub-step differences, but a deep
+    network amplifies them. Training keeps the float maths (cheaper, and the
+    ranges move anyway); while `tfc.export.to_tflite` traces the model they
+    are left out too: the converter does that arithmetic itself.
+
     The wrapped layer keeps its own float variables: they are what training
     updates (clustered kernels excepted, see below). Under a mixed-precision
     policy the wrapper and the wrapped layer compute in float32 (the int8 grid
@@ -327,33 +382,102 @@ class QuantizeWrapper(keras.layers.Layer):
         return out
 
     def call(self, inputs, training=None):
+        source = None  # the quantizer whose range the (first) input has, when known
         if self.input_quantizers:
-            inputs = self._quantize_inputs(inputs, training)
+            inputs, source = self._quantize_inputs(inputs, training)
+        # Inference follows TFLite's integer arithmetic where the input's scale
+        # is known. Training keeps the float maths (a fraction of a step apart,
+        # and cheaper), and so does export: the converter does that arithmetic.
+        integer = not training and not _tracing.exporting()
+        if integer and source is None and self._uses_input_scale():
+            source = self._graph_input_range()
+        if not integer:
+            source = None
         if self.kind is None:
             y = self.layer(inputs, training=training)
-        else:
-            mid = self.intermediate_quantizer
+            out = self.output_quantizer(y, training=training)
+            if source is not None and registry.activation_name(self.layer) == "hard_silu":
+                # TFLite's HARD_SWISH rounds a few values per layer the other way.
+                in_range = source.scale_and_zero_point()
+                out_range = self.output_quantizer.scale_and_zero_point()
+                exact = quantizers.hard_swish_int8(inputs, *in_range, *out_range)
+                out = _mark_quantized(out + ops.stop_gradient(exact - out))
+            return out
+        mid = self.intermediate_quantizer
 
-            def mid_fn(t):
-                return mid(t, training=training)
+        def mid_fn(t):
+            return mid(t, training=training)
 
-            y = self.kind.forward(self.layer, inputs, self.quantized_kernels(), mid_fn)
-            if self.pre_activation_quantizer is not None:
-                y = self.pre_activation_quantizer(y, training=training)
-            y = registry.activation_fn(self.layer)(y)
+        kernels = self.quantized_kernels()
+        y = self.kind.forward(self.layer, inputs, kernels, mid_fn)
+        if self.kind.separable and integer:
+            source = mid  # the pointwise part's input
+        y = self._round_bias(y, source)
+        if self.pre_activation_quantizer is not None:
+            y = self.pre_activation_quantizer(y, training=training)
+        y = registry.activation_fn(self.layer)(y)
         return self.output_quantizer(y, training=training)
 
+    def _uses_input_scale(self):
+        if self.kind is None:
+            return registry.activation_name(self.layer) == "hard_silu"
+        return not self.kind.separable and getattr(self.layer, "bias", None) is not None
+
+    def _graph_input_range(self):
+        """The quantizer that gave this wrapper's input its range in a Functional graph.
+
+        Calls on tensors of unknown range (a sub-model cut at this layer's input
+        calls it on a fresh Input) are ignored. None outside a graph, or when
+        the calls of a shared wrapper see different ranges.
+        """
+        sources = []
+        for node in _compat.inbound_nodes(self):
+            tensors = list(node.input_tensors)
+            source = _range_source(tensors[0]) if tensors else None
+            if source is not None and all(source is not s for s in sources):
+                sources.append(source)
+        return sources[0] if len(sources) == 1 else None
+
+    def _round_bias(self, y, source):
+        """Moves the bias onto TFLite's int32 grid (input scale x kernel scale).
+
+        The forward pass keeps the float bias for gradients; the difference
+        to the rounded one is added as a constant.
+        """
+        bias = getattr(self.layer, "bias", None)
+        if source is None or bias is None or self.kind is registry.RBM:
+            return y
+        last = len(self.kind.kernels) - 1
+        kernel_scale = self._kernel_scale(last, self.float_kernels()[last])
+        rounded = quantizers.quantize_bias(bias, source.scale(), kernel_scale)
+        return registry._add_bias(self.layer, y, ops.stop_gradient(rounded - bias))
+
+    def _kernel_scale(self, i, w):
+        """The scale(s) of the i-th kernel's int8 grid, one per output channel or one."""
+        if self.kind.kernel_view is not None:
+            w = self.kind.kernel_view(w)
+        if self._depthwise(i) and self.per_channel:
+            shape = tuple(w.shape)
+            w = ops.reshape(w, shape[:-2] + (shape[-2] * shape[-1],))
+            return quantizers.weight_scale(w, per_channel=True)
+        return quantizers.weight_scale(w, per_channel=self.per_channel)
+
     def _quantize_inputs(self, inputs, training):
+        """The inputs on their int8 grids, and the quantizer of the first one (if applied)."""
         single = len(self.input_quantizers) == 1 and not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
+        applied = [not _is_quantized(x) for x in items]
         items = [
-            x if _is_quantized(x) else q(x, training=training)
-            for x, q in zip(items, self.input_quantizers)
+            q(x, training=training) if apply else x
+            for x, q, apply in zip(items, self.input_quantizers, applied)
         ]
-        return items[0] if single else items
+        source = self.input_quantizers[0] if applied and applied[0] else None
+        return (items[0] if single else items), source
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+    def compute_output_spec(self, *args, **kwargs):
+        # The wrapped layer's own spec: a custom layer may have no compute_output_shape.
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
 
     def get_config(self):
         config = {

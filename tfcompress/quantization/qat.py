@@ -1,18 +1,23 @@
 """Quantization-aware training for Keras 3 models: `quantize_model`.
 
 Sequential and Functional models are rebuilt layer by layer (their graph is
-known): BatchNorm is folded into the preceding Conv/Dense, a following ReLU/ReLU6
-is fused into it, model inputs and the outputs of float layers get one shared
-range per tensor. Subclassed models are copied and their layer attributes are
-replaced by quantized wrappers in place, inside a `QuantizedModel` that re-applies
-the same replacement when a `.keras` file is loaded.
+known) into the graph the TFLite converter will build: BatchNorm is folded into
+the preceding Conv/Dense, a following ReLU/ReLU6 is fused into it (and into an
+ADD/SUB/MUL), `x * relu6(x + 3) / 6` becomes one hard swish, a mean over 1x1
+passes its input through, and model inputs and the outputs of float layers get
+one shared range per tensor. Only the tensors TFLite rounds are rounded.
+Subclassed models are copied and their layer attributes are replaced by
+quantized wrappers in place, inside a `QuantizedModel` that re-applies the same
+replacement when a `.keras` file is loaded.
 """
 
 import warnings
 
 import keras
 import numpy as np
+from keras import ops
 
+from tfcompress import _compat, layers_registry, surgery
 from tfcompress._serialization import register
 from tfcompress.quantization import clusters, folding, registry
 from tfcompress.quantization.config import QuantizeConfig
@@ -86,7 +91,8 @@ def quantize_model(
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"`{name}` must be True or False. Received: {name}={value}")
     preserve = (bool(preserve_sparsity), bool(preserve_clusters))
-    if _is_graph_model(model):
+    layers_registry.warn_overridden(surgery.all_layers(model), "Quantization")
+    if surgery.is_graph_model(model):
         rewriter = _GraphRewriter(model, layer_configs or {}, preserve, True)
         return rewriter.run(fully_int8)
     paths, sub_models = _resolve_subclassed(model, layer_configs or {}, preserve, fully_int8)
@@ -119,7 +125,7 @@ def fold_batch_norms(model):
         2
     """
     _check_model(model)
-    if not _is_graph_model(model):
+    if not surgery.is_graph_model(model):
         raise ValueError(
             "fold_batch_norms needs a Sequential or Functional model (a known graph). "
             f"Received: model={model}"
@@ -133,7 +139,7 @@ def is_quantized(model):
         return True
     return any(
         isinstance(layer, (QuantizeWrapper, ActivationQuantizer))
-        for layer in model._flatten_layers(include_self=False)
+        for layer in surgery.all_layers(model)
     )
 
 
@@ -183,18 +189,6 @@ def _check_names(names, layer_configs):
         )
 
 
-def _is_graph_model(model):
-    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
-
-
-def _as_functional(model):
-    if type(model).__name__ == "Functional":
-        return model
-    # A Sequential takes one tensor: a one-item list of inputs would make Keras
-    # warn about the input structure at every call of the QAT model.
-    return keras.Model(model.inputs[0], model.outputs, name=model.name)
-
-
 def _has_zeros(layer):
     kind = registry.weighted_kind(layer)
     return any(np.any(getattr(layer, attr).numpy() == 0) for attr in kind.kernels)
@@ -231,18 +225,19 @@ def _report_float(unsupported, opted_out, fully_int8):
         )
 
 
-def _copy_layer(layer, bn=None, activation=None):
+def _copy_layer(layer, bn=None, activation=None, call=None):
     """A fresh copy of a built layer with its weights, optionally folded/fused."""
+    if bn is None and activation is None:
+        return surgery.copy_layer(layer, call=call)
     config = layer.get_config()
     if bn is not None:
         config["use_bias"] = True
     if activation is not None:
         config["activation"] = activation
+    if bn is None:
+        return surgery.copy_layer(layer, config=config, call=call)
     copy = layer.__class__.from_config(config)
     copy.build_from_config(layer.get_build_config())
-    if bn is None:
-        copy.set_weights(layer.get_weights())
-        return copy
     kind = registry.weighted_kind(layer)
     for attr in kind.kernels[:-1]:
         getattr(copy, attr).assign(getattr(layer, attr))
@@ -258,11 +253,12 @@ def _copy_layer(layer, bn=None, activation=None):
 
 def _sole_consumer(layer, model_output_ids):
     """The one layer that consumes `layer`'s output, if there is exactly one."""
-    if len(layer._inbound_nodes) != 1 or len(layer._outbound_nodes) != 1:
+    inbound, outbound = _compat.inbound_nodes(layer), _compat.outbound_nodes(layer)
+    if len(inbound) != 1 or len(outbound) != 1:
         return None
     if id(layer.output) in model_output_ids:
         return None
-    node = layer._outbound_nodes[0]
+    node = outbound[0]
     if len(node.input_tensors) != 1:
         return None
     return node.operation
@@ -274,7 +270,7 @@ class _GraphRewriter:
     def __init__(self, model, layer_configs, preserve, quantize, resolved=False):
         # `resolved`: `layer_configs` are final per-layer configs (a sub-model of a
         # QuantizedModel being rebuilt): nothing is decided from the weights.
-        self.model = _as_functional(model)
+        self.model = surgery.as_functional(model)
         self.quantize = quantize
         self.resolved = resolved
         self.plan = {}
@@ -285,14 +281,25 @@ class _GraphRewriter:
         self._make_plan(layer_configs, preserve)
         self.copies = {}
         self.quantized_ids = set()
+        # Tensors left without a range because TFLite fuses the ReLU/ReLU6 that
+        # consumes them into the ADD/SUB/MUL computing them.
+        self.fused_ids = set()
+        # The input `x` of each hard-swish chain, by the id of the chain's last node.
+        self.hard_swish_inputs = {}
         self.input_quantizers = {}
 
     def _make_plan(self, layer_configs, preserve):
         output_ids = {id(t) for t in self.model.outputs}
+        # Ranged layers that pass their input's range through (means over 1x1).
+        self.pass_ids = {
+            id(layer) for layer in self.model.layers if registry.averages_single_values(layer)
+        }
         for layer in self.model.layers:
             if id(layer) in self.plan:
                 continue
             role = registry.role(layer)
+            if id(layer) in self.pass_ids:
+                role = "pass"  # a mean over 1x1: TFLite drops it and its range
             config = layer_configs.get(layer.name)
             opted_out = config is not None and config.mode == "float"
             if role == "weighted":
@@ -303,6 +310,113 @@ class _GraphRewriter:
                 self.plan[id(layer)] = ("copy",)
                 if self.quantize and role != "pass":
                     (self.opted_out if opted_out else self.float_names).append(layer.name)
+        self.fused_ops = self._plan_fused_relus(output_ids) if self.quantize else set()
+        # {id(last node): id(product node)} of each `x * relu6(x + 3) / 6` chain.
+        self.hard_swish = self._plan_hard_swish() if self.quantize else {}
+        self.hard_swish_products = {v: k for k, v in self.hard_swish.items()}
+
+    def _next(self, operation, output_ids):
+        """The sole consumer of `operation`'s output as the converter sees it
+        (means over 1x1, which it removes, are looked through), else None."""
+        nxt = _sole_consumer(operation, output_ids)
+        while nxt is not None and id(nxt) in self.pass_ids:
+            nxt = _sole_consumer(nxt, output_ids)
+        return nxt
+
+    def _plan_fused_relus(self, output_ids):
+        """Ids of the ADD/SUB/MUL nodes whose only consumer is a quantized ReLU/ReLU6.
+
+        The converter fuses that activation into the int8 ADD/SUB/MUL and drops
+        any range between them: the op computes at full precision and rounds
+        once, to the activation's output range. The QAT graph must not round
+        the op's output either.
+        """
+        fused = set()
+        for node in _compat.graph_nodes(self.model):
+            operation = node.operation
+            if not self._computes_fusable(operation, node):
+                continue
+            nxt = self._next(operation, output_ids)
+            if nxt is None or registry.fused_relu_name(nxt) is None:
+                continue
+            if isinstance(nxt, keras.layers.Layer) and self.plan.get(id(nxt), ("",))[0] != "wrap":
+                continue  # a float or absorbed activation: the op keeps its range
+            fused.add(id(operation))
+        return fused
+
+    def _plan_hard_swish(self):
+        """The `x * relu6(x + 3) / 6` chains that the converter turns into one HARD_SWISH.
+
+        With the ReLU6 fused into the ADD, the converter matches
+        ``(x * relu6(x + 3)) * (1/6)`` (or ``/ 6``) and drops the ranges inside
+        it: TFLite runs HARD_SWISH on `x`'s integers straight to the range of the
+        chain's output. The QAT graph runs a quantized hard-swish `Activation`
+        there, with that one range. (The product must be ``x * relu6(...)``, in that order;
+        ``relu6(...) * x`` or ``x * (relu6(x + 3) / 6)`` stay separate int8
+        ADD and MULs in TFLite, each with its own range, as here.)
+
+        Returns:
+            ``{id(scaling node): id(product node)}``.
+        """
+        chains = {}
+        for node in _compat.graph_nodes(self.model):
+            operation = node.operation
+            if isinstance(operation, keras.layers.Layer):
+                continue
+            product = _divided_by_six(type(operation).__name__, *_compat.node_arguments(node))
+            found = product is not None and _producer(product)
+            if not found:
+                continue
+            multiply, multiply_node = found
+            if isinstance(multiply, keras.layers.Layer):
+                factors = list(multiply_node.input_tensors)
+                ok = (
+                    isinstance(multiply, keras.layers.Multiply)
+                    and self.plan.get(id(multiply), ("",))[0] == "wrap"
+                    and len(_compat.inbound_nodes(multiply)) == 1
+                )
+            else:
+                args, kwargs = _compat.node_arguments(multiply_node)
+                factors = list(args)
+                ok = type(multiply).__name__ == "Multiply" and not kwargs
+            if ok and len(factors) == 2 and self._is_relu6_of_x_plus_3(factors[1], factors[0]):
+                chains[id(operation)] = id(multiply)
+        return chains
+
+    def _is_relu6_of_x_plus_3(self, tensor, x):
+        """Whether `tensor` is ``relu6(x + 3)`` with the ADD fusing the ReLU6."""
+        found = _is_tensor(tensor) and _producer(tensor)
+        if not found or registry.fused_relu_name(found[0]) != "relu6":
+            return False
+        relu6, relu6_node = found
+        if isinstance(relu6, keras.layers.Layer):
+            inputs = list(relu6_node.input_tensors)
+        else:
+            inputs = list(_compat.node_arguments(relu6_node)[0])
+        found = len(inputs) == 1 and _is_tensor(inputs[0]) and _producer(inputs[0])
+        if not found or id(found[0]) not in self.fused_ops:
+            return False
+        add, add_node = found
+        args, kwargs = _compat.node_arguments(add_node)
+        if type(add).__name__ != "Add" or kwargs or len(args) != 2:
+            return False
+        return (args[0] is x and _number(args[1]) == 3.0) or (
+            args[1] is x and _number(args[0]) == 3.0
+        )
+
+    def _computes_fusable(self, operation, node):
+        """Whether `operation` (at its only `node`) converts to an int8 ADD, SUB or MUL."""
+        if isinstance(operation, keras.layers.Layer):
+            return (
+                isinstance(operation, registry.FUSING_MERGE_LAYERS)
+                and self.plan.get(id(operation), ("",))[0] == "wrap"
+                and len(node.input_tensors) == 2
+            )
+        name = type(operation).__name__
+        if name in ("Divide", "TrueDivide"):
+            args, _ = _compat.node_arguments(node)
+            return len(args) == 2 and _is_divisor(args[1])
+        return name in registry.FUSING_OPS
 
     def _plan_weighted(self, layer, layer_configs, preserve, output_ids):
         kind = registry.weighted_kind(layer)
@@ -311,14 +425,14 @@ class _GraphRewriter:
         else:
             config = _resolved_config(layer, layer_configs, preserve)
         linear = registry.activation_name(layer) == "linear"
-        nxt = _sole_consumer(layer, output_ids) if linear else None
+        nxt = self._next(layer, output_ids) if linear else None
         bn = None
         if (
             kind.foldable
             and isinstance(nxt, keras.layers.BatchNormalization)
             and folding.can_fold(nxt, len(layer.output.shape))
         ):
-            bn, nxt = nxt, _sole_consumer(nxt, output_ids)
+            bn, nxt = nxt, self._next(nxt, output_ids)
             self.plan[id(bn)] = ("absorbed",)
         act = None
         if (
@@ -326,10 +440,10 @@ class _GraphRewriter:
             and config.mode == "int8"
             and linear
             and nxt is not None
-            and registry.role(nxt) == "activation"
-            and registry.activation_name(nxt) in ("relu", "relu6")
+            and registry.fused_relu_name(nxt) is not None
         ):
-            act = registry.activation_name(nxt)
+            # A ReLU/ReLU6 layer or op node (`ops.relu6(x)`) fuses into the kernel.
+            act = registry.fused_relu_name(nxt)
             self.plan[id(nxt)] = ("absorbed",)
         quantized = self.quantize and config.mode == "int8"
         if self.quantize and not quantized:
@@ -347,22 +461,30 @@ class _GraphRewriter:
                 )
             if report:
                 _report_float(self.float_names, self.opted_out, fully_int8)
-        return keras.models.clone_model(
-            self.model, clone_function=lambda layer: layer, call_function=self._call
-        )
+        return surgery.rebuild_graph(self.model, self._call)
 
-    def _call(self, layer, *args, **kwargs):
+    def _call(self, layer, args, kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            return self._op(layer, args, kwargs)
         action = self.plan[id(layer)]
         if action[0] == "absorbed":
             return args[0]
         if action[0] == "copy":
-            out = self._copy(layer)(*args, **kwargs)
-            if self._all_quantized(args[0]) and registry.role(layer) == "pass":
+            out = self._copy(layer, call=(args, kwargs))(*args, **kwargs)
+            passes = registry.role(layer) == "pass" or id(layer) in self.pass_ids
+            if passes and self._all_quantized(args[0]):
                 self.quantized_ids.add(id(out))
             return out
         if action[0] == "weighted" and action[1] is None:
             return self._copy(layer, action[2], action[3])(*args, **kwargs)
         inputs = self._quantized_inputs(args[0])
+        if id(layer) in self.hard_swish_products:
+            self.hard_swish_inputs[self.hard_swish_products[id(layer)]] = inputs[0]
+        if id(layer) in self.fused_ops:
+            # ADD/SUB/MUL with a fused ReLU: no range of its own (the ReLU's is used).
+            out = self._copy(layer)(inputs, *args[1:], **kwargs)
+            self.fused_ids.add(id(out))
+            return out
         if id(layer) not in self.copies:
             if action[0] == "weighted":
                 copy = _copy_layer(layer, bn=action[2], activation=action[3])
@@ -373,10 +495,62 @@ class _GraphRewriter:
         self.quantized_ids.add(id(out))
         return out
 
-    def _copy(self, layer, bn=None, activation=None):
+    def _copy(self, layer, bn=None, activation=None, call=None):
         if id(layer) not in self.copies:
-            self.copies[id(layer)] = _copy_layer(layer, bn=bn, activation=activation)
+            self.copies[id(layer)] = _copy_layer(layer, bn=bn, activation=activation, call=call)
         return self.copies[id(layer)]
+
+    def _op(self, op, args, kwargs):
+        """A Keras op node (`x + 3.0`, `ops.relu6(x)`, `x[:, 0]`) in the QAT graph.
+
+        An op that only moves values (reshape, slicing, transpose) keeps its
+        input's range, as TFLite keeps the scale; an op that computes gets its
+        own output range, like a merge layer, so that TFLite runs it in int8.
+        Division by a constant becomes a multiplication by its inverse: TFLite
+        has an int8 MUL but no int8 DIV.
+        """
+        name = type(op).__name__
+        if not self.quantize:
+            return op(*args, **kwargs)
+        if self.plan.get(id(op), ("",))[0] == "absorbed":
+            return args[0]  # a ReLU/ReLU6 fused into the weighted layer before it
+        tensors = [x for x in keras.tree.flatten((args, kwargs)) if _is_tensor(x)]
+        if name in registry.MOVING_OPS:
+            out = op(*args, **kwargs)
+            if tensors and self._all_quantized(tensors):
+                for x in keras.tree.flatten(out):
+                    self.quantized_ids.add(id(x))
+            return out
+        args, kwargs = keras.tree.map_structure(
+            lambda x: self._quantized_inputs(x) if _is_float_tensor(x) else x, (args, kwargs)
+        )
+        if id(op) in self.hard_swish_products:
+            self.hard_swish_inputs[self.hard_swish_products[id(op)]] = args[0]
+        if id(op) in self.hard_swish:
+            # The chain as TFLite runs it: HARD_SWISH of x, one range (the
+            # ADD, ReLU6 and product before it are left out of the graph).
+            activation = keras.layers.Activation("hard_swish", name=f"{op.name}_hard_swish")
+            out = QuantizeWrapper(activation)(self.hard_swish_inputs.pop(id(op)))
+            self.quantized_ids.add(id(out))
+            return out
+        if name in ("Divide", "TrueDivide") and _is_divisor(args[1]):
+            out = ops.multiply(args[0], 1.0 / args[1])
+            # The original's name: an automatic one can clash with the names of
+            # a model loaded from a file (they do not advance Keras' counters).
+            _compat.keras_history(out)[0].name = f"{op.name}_as_multiply"
+        else:
+            out = op(*args, **kwargs)
+        if id(op) in self.fused_ops:
+            self.fused_ids.add(id(out))
+            return out
+        return keras.tree.map_structure(self._ranged, out)
+
+    def _ranged(self, tensor):
+        if not _is_float_tensor(tensor):
+            return tensor
+        out = ActivationQuantizer()(tensor)
+        self.quantized_ids.add(id(out))
+        return out
 
     def _all_quantized(self, inputs):
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
@@ -385,7 +559,7 @@ class _GraphRewriter:
     def _quantized_inputs(self, inputs):
         if isinstance(inputs, (list, tuple)):
             return [self._quantized_inputs(x) for x in inputs]
-        if id(inputs) in self.quantized_ids:
+        if id(inputs) in self.quantized_ids or id(inputs) in self.fused_ids:
             return inputs
         if id(inputs) not in self.input_quantizers:
             quantizer = ActivationQuantizer()
@@ -395,38 +569,73 @@ class _GraphRewriter:
         return self.input_quantizers[id(inputs)]
 
 
+def _is_tensor(x):
+    return isinstance(x, keras.KerasTensor)
+
+
+def _is_float_tensor(x):
+    return _is_tensor(x) and "float" in str(x.dtype)
+
+
+def _number(value):
+    """`value` as a float when it is a real Python or NumPy scalar, else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return None
+    return float(value) if np.isreal(value) else None
+
+
+def _producer(tensor):
+    """``(operation, node)`` that computed a KerasTensor, or None."""
+    history = _compat.keras_history(tensor)
+    if history is None:
+        return None
+    operation, node_index = history[0], history[1]
+    nodes = _compat.inbound_nodes(operation)
+    return (operation, nodes[node_index]) if node_index < len(nodes) else None
+
+
+def _divided_by_six(name, args, kwargs):
+    """The tensor `t` of a node computing ``t / 6`` or ``t * (1/6)`` (float32), else None."""
+    if kwargs or len(args) != 2:
+        return None
+    sixth = np.float32(1.0 / 6.0)
+    if name in ("Divide", "TrueDivide"):
+        divisor = _number(args[1])
+        ok = divisor is not None and divisor != 0 and np.float32(1.0 / divisor) == sixth
+        return args[0] if ok and _is_tensor(args[0]) else None
+    if name == "Multiply":
+        for t, c in (args, args[::-1]):
+            factor = _number(c)
+            if _is_tensor(t) and factor is not None and np.float32(factor) == sixth:
+                return t
+    return None
+
+
+def _is_divisor(value):
+    """A Python number a division by which becomes a multiplication (TFLite has no int8 DIV)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0
+
+
 def _checked(wrapper):
     """Marks a wrapper whose clustered kernels `_resolved_config` checked (before folding)."""
     wrapper._clusters_checked = True
     return wrapper
 
 
-def _layer_slots(obj, prefix=""):
-    """Yields ``(path, owner, attribute, index, layer)`` for layers held as attributes."""
-    for name, value in sorted(vars(obj).items()):
-        if name.startswith("_") or name == "model" and isinstance(obj, QuantizedModel):
-            continue
-        if isinstance(value, keras.layers.Layer):
-            yield f"{prefix}{name}", obj, name, None, value
-        elif isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                if isinstance(item, keras.layers.Layer):
-                    yield f"{prefix}{name}.{i}", obj, name, i, item
-
-
 def _walk_subclassed(obj, prefix=""):
-    """Yields ``(path, owner, attribute, index, layer, role)`` over nested layers."""
-    for path, owner, name, index, layer in _layer_slots(obj, prefix):
+    """Yields ``(Slot, role)`` over the layers a subclassed model holds, at any depth."""
+    for slot in surgery.slots(obj, prefix):
+        layer = slot.layer
         if isinstance(layer, (QuantizeWrapper, ActivationQuantizer)):
             continue
         role = registry.role(layer)
-        if role is None and _is_graph_model(layer):
+        if role is None and surgery.is_graph_model(layer):
             role = "graph"
-        if role is None and layer._layers:
-            yield from _walk_subclassed(layer, f"{path}/")
-            if not layer._trainable_variables and not layer._non_trainable_variables:
+        if role is None and _compat.child_layers(layer):
+            yield from _walk_subclassed(layer, f"{slot.path}/")
+            if not surgery.own_variables(layer):
                 continue
-        yield path, owner, name, index, layer, role
+        yield slot, role
 
 
 def _plan_sub_model(layer, layer_configs, preserve, config):
@@ -461,13 +670,14 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
     """Per attribute path, the QuantizeConfig of each layer to quantize, and for
     Sequential/Functional sub-models the configs of their layers."""
     slots = list(_walk_subclassed(model))
-    names = [slot[4].name for slot in slots]
-    for slot in slots:
-        if slot[5] == "graph":
-            names += [layer.name for layer in slot[4]._flatten_layers(include_self=False)]
+    names = [slot.layer.name for slot, _ in slots]
+    for slot, role in slots:
+        if role == "graph":
+            names += [layer.name for layer in surgery.all_layers(slot.layer)]
     _check_names(names, layer_configs)
     resolved, sub_models, unsupported, opted_out, unbuilt, n_weighted = {}, {}, [], [], [], 0
-    for path, _, _, _, layer, role in slots:
+    for slot, role in slots:
+        path, layer = slot.path, slot.layer
         config = layer_configs.get(layer.name) or QuantizeConfig()
         if config.mode == "float":
             opted_out.append(layer.name)
@@ -509,23 +719,16 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
 
 def _copy_subclassed(model):
     try:
-        config = keras.saving.serialize_keras_object(model)
-        copy = keras.saving.deserialize_keras_object(
-            config, custom_objects={type(model).__name__: type(model)}
-        )
-        if not copy.built:
-            copy.build_from_config(model.get_build_config())
-        copy.set_weights(model.get_weights())
-    except (NotImplementedError, TypeError, ValueError) as error:
+        return surgery.copy_model(model)
+    except ValueError as error:
         raise ValueError(
             "A subclassed model must be re-creatable from get_config() (and built) to be "
             f"copied for QAT: {error}. Received: model={model.name}"
         ) from error
-    return copy
 
 
 @register
-class QuantizedModel(keras.Model):
+class QuantizedModel(surgery.SwappedModel):
     """A subclassed Keras model whose layers were replaced by quantized wrappers.
 
     Made by `quantize_model` for subclassed models. The user's `call` runs
@@ -560,11 +763,9 @@ class QuantizedModel(keras.Model):
     def __init__(
         self, model, layer_configs=None, cluster_shapes=None, sub_model_configs=None, **kwargs
     ):
-        if not isinstance(model, keras.Model) or not model.built:
-            raise ValueError(f"`model` must be a built Keras model. Received: model={model}")
-        super().__init__(**kwargs)
+        super().__init__(model, **kwargs)
         self.layer_configs = dict(layer_configs or {})
-        slots = {slot[0]: slot for slot in _walk_subclassed(model)}
+        slots = {slot.path: (slot, role) for slot, role in _walk_subclassed(model)}
         unknown = sorted(set(self.layer_configs) - set(slots))
         if unknown:
             raise ValueError(
@@ -583,17 +784,8 @@ class QuantizedModel(keras.Model):
         self.model = model
         self.build((model.get_build_config() or {}).get("input_shape"))
 
-    def build(self, input_shape):
-        # Everything was built with the inner model; recording the shape lets
-        # export and `.keras` loading see the input signature.
-        self.built = True
-
-    def call(self, inputs, training=None):
-        return self.model(inputs, training=training)
-
     def get_config(self):
         config = {
-            "model": keras.saving.serialize_keras_object(self.model),
             "layer_configs": {
                 path: keras.saving.serialize_keras_object(config)
                 for path, config in self.layer_configs.items()
@@ -609,7 +801,7 @@ class QuantizedModel(keras.Model):
         return {**super().get_config(), **config}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, custom_objects=None):
         config = dict(config)
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         config["layer_configs"] = {
@@ -624,10 +816,11 @@ class QuantizedModel(keras.Model):
         return cls(**config)
 
 
-def _replace(slot, config, cluster_shapes=None, sub_model_configs=None):
-    path, owner, name, index, layer, role = slot
+def _replace(slot_role, config, cluster_shapes=None, sub_model_configs=None):
+    slot, role = slot_role
+    layer = slot.layer
     if role == "graph" and config.mode == "int8" and sub_model_configs is not None:
-        graph = _as_functional(layer)
+        graph = surgery.as_functional(layer)
         by_name = {graph.layers[int(i)].name: c for i, c in sub_model_configs.items()}
         new = _GraphRewriter(graph, by_name, (True, False), True, resolved=True).run(False, False)
     elif role == "graph":
@@ -635,11 +828,5 @@ def _replace(slot, config, cluster_shapes=None, sub_model_configs=None):
     else:
         new = QuantizeWrapper(layer, config, quantize_inputs=True, cluster_shapes=cluster_shapes)
         new.build((layer.get_build_config() or {}).get("input_shape"))
-    if index is None:
-        owner._tracker.untrack(layer)
-        setattr(owner, name, new)
-    else:
-        container = getattr(owner, name)
-        container.pop(index)
-        container.insert(index, new)
+    surgery.set_slot(slot, new)
     return new

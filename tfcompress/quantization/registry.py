@@ -17,6 +17,7 @@ import dataclasses
 import keras
 from keras import ops
 
+from tfcompress import _compat, layers_registry
 from tfcompress.quantization import quantizers
 
 
@@ -38,6 +39,8 @@ class Kind:
             fake-quantized (the form the converter must see).
         unused: variables of the layer the forward pass does not use (frozen
             during QAT so optimizers do not warn about missing gradients).
+        custom: the forward pass is the layer's own `call` (which applies its
+            activation), run on the fake-quantized kernels.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Kind:
     separable: bool = False
     kernel_view: object = None
     unused: tuple = ()
+    custom: bool = False
 
 
 def _add_bias(layer, y, bias):
@@ -267,6 +271,74 @@ RANGED_LAYERS = (
 
 FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
 
+# Keras op nodes (by class name) that only move values: TFLite keeps the input's
+# scale on their output, so they need no range of their own.
+MOVING_OPS = frozenset({
+    "Reshape", "GetItem", "Slice", "StridedSlice", "Squeeze", "ExpandDims", "Transpose",
+    "Split", "BroadcastTo", "Tile", "Repeat", "Flip", "Roll", "Take", "TakeAlongAxis",
+    "Identity", "Cast", "Max", "Min", "Amax", "Amin", "MaxPool", "Pad",
+})
+
+
+# Keras op nodes (by class name) that TFLite runs as ADD, SUB or MUL: a ReLU or
+# ReLU6 that is the only consumer of their output is fused into that int8 op.
+FUSING_OPS = frozenset({"Add", "Subtract", "Multiply"})
+
+# Merge layers TFLite runs as ADD, SUB or MUL (two inputs), fusing a ReLU/ReLU6.
+FUSING_MERGE_LAYERS = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
+
+
+def averages_single_values(layer):
+    """Whether a global average pooling layer (keepdims) only ever sees 1x1 inputs.
+
+    The mean of one value is that value: the converter removes such a MEAN,
+    and the range after it, so TFLite keeps the input's scale and the layer
+    must pass its input through like Reshape (and a ReLU after it fuses into
+    the op before it).
+    """
+    if not isinstance(layer, RANGED_LAYERS) or not getattr(layer, "keepdims", False):
+        return False  # without keepdims the MEAN stays (and keeps its range)
+    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    shapes = []
+    for node in _compat.inbound_nodes(layer):
+        tensors = list(node.input_tensors)
+        if len(tensors) != 1:
+            return False
+        shapes.append(tuple(tensors[0].shape))
+    if not shapes:
+        return False
+    for shape in shapes:
+        spatial = shape[2:] if channels_first else shape[1:-1]
+        if not spatial or any(d != 1 for d in spatial):
+            return False
+    return True
+
+
+def fused_relu_name(operation):
+    """The name ("relu" or "relu6") of a plain ReLU/ReLU6 layer or Keras op node.
+
+    TFLite fuses such an activation into the op producing its input. Anything
+    else (leaky, thresholded, other caps, other activations) gives None.
+    """
+    if isinstance(operation, keras.layers.Layer):
+        if role(operation) != "activation":
+            return None
+        name = activation_name(operation)
+        return name if name in ("relu", "relu6") else None
+    kind = type(operation).__name__
+    if kind in ("Relu", "Relu6"):
+        return kind.lower()
+    if kind == "ReLU":  # keras.activations.relu on a KerasTensor
+        plain = not getattr(operation, "negative_slope", 0.0) and not getattr(
+            operation, "threshold", 0.0
+        )
+        max_value = getattr(operation, "max_value", None)
+        if plain and max_value is None:
+            return "relu"
+        if plain and max_value == 6:
+            return "relu6"
+    return None
+
 
 def _is_rbm(layer):
     from tfcompress import rbm
@@ -280,14 +352,47 @@ def _is_rbm(layer):
     )
 
 
+def _substituted_forward(layer, x, kernels, mid):
+    """Runs a registered custom layer's own `call` on its fake-quantized kernels."""
+    names = layers_registry.lookup(layer).kernels
+    mapping = [
+        (layers_registry.variable(layer, k.name), q) for k, q in zip(names, kernels, strict=True)
+    ]
+    with keras.StatelessScope(state_mapping=mapping, initialize_variables=False):
+        return layer.call(x)
+
+
+_custom_kinds = {}
+
+
+def _custom_kind(layer):
+    """The `Kind` of a custom layer registered with kernels (`tfc.register_layer`)."""
+    spec = layers_registry.lookup(layer)
+    names = tuple(k.name for k in spec.kernels)
+    if names not in _custom_kinds:
+        _custom_kinds[names] = Kind(
+            "custom", names, False, _substituted_forward, foldable=False, custom=True
+        )
+    return _custom_kinds[names]
+
+
 def weighted_kind(layer):
-    """The `Kind` of a weighted layer QAT can quantize, else None."""
+    """The `Kind` of a weighted layer QAT can quantize, else None.
+
+    The shared subclass rule applies (`tfc.layers_registry`): a subclass that
+    overrides `call` computes something else, so it is not ours to redo.
+    """
+    cls = layers_registry.registered_class(layer)
+    if cls is None:
+        return RBM if _is_rbm(layer) else None
     for classes, kind in _WEIGHTED:
-        # A subclass that overrides `call` computes something else: not ours to redo.
-        if isinstance(layer, classes) and any(type(layer).call is c.call for c in classes):
+        if issubclass(cls, classes):
             return kind
-    if _is_rbm(layer):
+    spec = layers_registry.lookup(layer)
+    if spec.quantize and spec.kernels and _is_rbm(layer):
         return RBM
+    if spec.quantize and spec.kernels:
+        return _custom_kind(layer)
     return None
 
 
@@ -346,6 +451,9 @@ def activation_fn(layer):
     """The activation function a weighted layer applies after its bias."""
     if _is_rbm(layer):
         return keras.activations.sigmoid
+    kind = weighted_kind(layer)
+    if kind is not None and kind.custom:
+        return keras.activations.linear  # its own call applied it
     return layer.activation or keras.activations.linear
 
 

@@ -17,124 +17,28 @@ import keras
 from keras import ops
 
 from tfcompress._serialization import register
+from tfcompress.distill.features import (
+    feature_outputs,
+    make_extractor,
+    make_projections,
+    normalize_pairs,
+)
+from tfcompress.distill.losses import batch_mean, resolve_loss, tempered_log_probs
+from tfcompress.distill.outputs import (
+    check_output_kind,
+    check_same_output_shape,
+    check_static_shapes,
+)
 
 _OUTPUT_KINDS = ("logits", "probabilities")
 _PROJECTIONS = ("auto", "dense", None)
-_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "none", None)
 _Y_KEYS = ("labels", "teacher")
-# Probabilities are clipped before the log so a hard 0 from a softmax teacher
-# gives a finite (very negative) logit rather than -inf.
-_EPSILON = 1e-7
 
 
 def _num_replicas():
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _is_softmax(layer):
-    if isinstance(layer, keras.layers.Softmax):
-        return True
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None) == "softmax"
-
-
-def _is_linear(layer):
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None) == "linear"
-
-
-def _output_layer(model):
-    """The layer producing a Functional/Sequential model's single output, if knowable."""
-    outputs = _symbolic_outputs(model)
-    if outputs is None or len(outputs) != 1:
-        return None
-    history = getattr(outputs[0], "_keras_history", None)
-    return getattr(history, "operation", None) if history is not None else None
-
-
-def _symbolic_outputs(model):
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return None
-    if outputs is None:
-        return None
-    return list(keras.tree.flatten(outputs))
-
-
-def _check_output_kind(model, kind, role):
-    """Raises if a model's last activation contradicts the declared output kind."""
-    layer = _output_layer(model)
-    if layer is None:
-        return
-    if kind == "logits" and _is_softmax(layer):
-        raise ValueError(
-            f"The {role} ends in a softmax, so it returns probabilities; pass "
-            f"`{role}_output='probabilities'` or remove the softmax. "
-            f"Received: {role}_output={kind!r}"
-        )
-    if kind == "probabilities" and _is_linear(layer):
-        raise ValueError(
-            f"The {role} ends in a linear layer, so it returns logits; pass "
-            f"`{role}_output='logits'`. Received: {role}_output={kind!r}"
-        )
-
-
-def _resolve_loss(loss, argument):
-    """Turns a loss string/instance/function into a callable giving per-sample values."""
-    if isinstance(loss, keras.losses.Loss):
-        reduction = getattr(loss, "reduction", None)
-        if reduction not in _MEAN_REDUCTIONS:
-            raise ValueError(
-                f"`{argument}` must average over the batch (reduction "
-                f"'sum_over_batch_size'): the Distiller reduces it itself so that "
-                f"it scales correctly across replicas. Received: {argument}={loss!r} "
-                f"with reduction={reduction!r}"
-            )
-        return loss.call
-    if isinstance(loss, str):
-        try:
-            resolved = keras.losses.get(loss)
-        except ValueError as error:
-            raise ValueError(
-                f"`{argument}` is not a known Keras loss. Received: {argument}={loss!r}"
-            ) from error
-        # A class name ("KLDivergence") gives a batch-reducing Loss instance:
-        # use its per-sample values, as for an instance passed directly.
-        if isinstance(resolved, keras.losses.Loss):
-            return _resolve_loss(resolved, argument)
-        return resolved
-    if callable(loss):
-        return loss
-    raise ValueError(
-        f"`{argument}` must be a keras.losses.Loss, a loss name or a function. "
-        f"Received: {argument}={loss!r}"
-    )
-
-
-def _batch_mean(values, sample_weight):
-    """Mean of per-sample loss values over this replica's batch (Keras semantics)."""
-    values = ops.cast(values, "float32")
-    if len(values.shape) == 0:
-        return values
-    if sample_weight is not None:
-        weight = ops.cast(sample_weight, "float32")
-        while len(weight.shape) < len(values.shape):
-            weight = ops.expand_dims(weight, -1)
-        while len(weight.shape) > len(values.shape):
-            weight = ops.squeeze(weight, -1)
-        values = values * weight
-    return ops.mean(values)
-
-
-def _tempered_log_probs(outputs, kind, temperature):
-    """log softmax(z / T), where z are logits or log-probabilities."""
-    outputs = ops.cast(outputs, "float32")
-    if kind == "probabilities":
-        outputs = ops.log(ops.clip(outputs, _EPSILON, 1.0))
-    return ops.log_softmax(outputs / temperature, axis=-1)
 
 
 class _Stash(threading.local):
@@ -275,18 +179,18 @@ class Distiller(keras.Model):
             raise ValueError(
                 f"`projection` must be one of {_PROJECTIONS}. Received: projection={projection!r}"
             )
-        feature_layers = _normalize_pairs(feature_layers)
+        feature_layers = normalize_pairs(feature_layers)
         if feature_layers and teacher is None:
             raise ValueError(
                 "Feature distillation needs a teacher model. "
                 f"Received: teacher=None, feature_layers={feature_layers}"
             )
         if teacher is not None:
-            _check_output_kind(teacher, teacher_output, "teacher")
-            _check_same_output_shape(teacher, student)
-        _check_output_kind(student, student_output, "student")
-        teacher_features, student_features = _feature_outputs(teacher, student, feature_layers)
-        projections = _make_projections(teacher_features, student_features, projection)
+            check_output_kind(teacher, teacher_output, "teacher")
+            check_same_output_shape(teacher, student)
+        check_output_kind(student, student_output, "student")
+        teacher_features, student_features = feature_outputs(teacher, student, feature_layers)
+        projections = make_projections(teacher_features, student_features, projection)
 
         super().__init__(**kwargs)
         if teacher is not None:
@@ -299,7 +203,7 @@ class Distiller(keras.Model):
         self.projection = projection
         self.projections = projections
         self._extractors = _Extractors(
-            _extractor(teacher, teacher_features), _extractor(student, student_features)
+            make_extractor(teacher, teacher_features), make_extractor(student, student_features)
         )
         self._stash = _Stash()
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
@@ -313,7 +217,7 @@ class Distiller(keras.Model):
         self.student_loss_fn = None
         self.distillation_loss_fn = "kl_divergence"
         self._student_loss = None
-        self._distillation_loss = _resolve_loss("kl_divergence", "distillation_loss_fn")
+        self._distillation_loss = resolve_loss("kl_divergence", "distillation_loss_fn")
         if student.built and (teacher is None or teacher.built):
             self.built = True
 
@@ -399,13 +303,13 @@ class Distiller(keras.Model):
                 f"Received: student_loss_fn={student_loss_fn!r}"
             )
         student_loss = (
-            None if student_loss_fn is None else _resolve_loss(student_loss_fn, "student_loss_fn")
+            None if student_loss_fn is None else resolve_loss(student_loss_fn, "student_loss_fn")
         )
         if distillation_loss_fn is None:
             raise ValueError(
                 "`distillation_loss_fn` is required. Received: distillation_loss_fn=None"
             )
-        distillation_loss = _resolve_loss(distillation_loss_fn, "distillation_loss_fn")
+        distillation_loss = resolve_loss(distillation_loss_fn, "distillation_loss_fn")
         optimizer = keras.optimizers.get(optimizer)
 
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
@@ -471,12 +375,12 @@ class Distiller(keras.Model):
             y_pred = self(x, training=training)
         student_features = self._student_features(x, y_pred, training)
         teacher_outputs, teacher_features = self._teacher_outputs(x, fed_teacher)
-        _check_static_shapes(teacher_outputs, y_pred)
+        check_static_shapes(teacher_outputs, y_pred)
 
         zero = ops.zeros((), "float32")
         student_loss = zero
         if self._student_loss is not None:
-            student_loss = _batch_mean(
+            student_loss = batch_mean(
                 self._student_loss(labels, ops.cast(y_pred, "float32")), sample_weight
             )
         distillation_loss = self._soft_target_loss(teacher_outputs, y_pred, sample_weight)
@@ -516,10 +420,10 @@ class Distiller(keras.Model):
 
     def _soft_target_loss(self, teacher_outputs, student_outputs, sample_weight):
         t = self.temperature
-        teacher_probs = ops.exp(_tempered_log_probs(teacher_outputs, self.teacher_output, t))
-        student_probs = ops.exp(_tempered_log_probs(student_outputs, self.student_output, t))
+        teacher_probs = ops.exp(tempered_log_probs(teacher_outputs, self.teacher_output, t))
+        student_probs = ops.exp(tempered_log_probs(student_outputs, self.student_output, t))
         values = self._distillation_loss(ops.stop_gradient(teacher_probs), student_probs)
-        return (t * t) * _batch_mean(values, sample_weight)
+        return (t * t) * batch_mean(values, sample_weight)
 
     def _feature_loss(self, teacher_features, student_features, sample_weight):
         total = ops.zeros((), "float32")
@@ -533,7 +437,7 @@ class Distiller(keras.Model):
             )
             axes = tuple(range(1, len(error.shape)))
             per_sample = ops.mean(error, axis=axes) if axes else error
-            total = total + _batch_mean(per_sample, sample_weight)
+            total = total + batch_mean(per_sample, sample_weight)
         return total
 
     def _student_features(self, x, y_pred, training):
@@ -600,51 +504,6 @@ def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _normalize_pairs(feature_layers):
-    if feature_layers is None:
-        return ()
-    try:
-        pairs = tuple(tuple(pair) for pair in feature_layers)
-    except TypeError:
-        pairs = None
-    if pairs is None or not all(
-        len(pair) == 2 and all(isinstance(name, str) for name in pair) for pair in pairs
-    ):
-        raise ValueError(
-            "`feature_layers` must be a list of (teacher_layer_name, student_layer_name) "
-            f"pairs. Received: feature_layers={feature_layers!r}"
-        )
-    return pairs
-
-
-def _check_same_output_shape(teacher, student):
-    t_outputs, s_outputs = _symbolic_outputs(teacher), _symbolic_outputs(student)
-    if t_outputs is None or s_outputs is None:
-        return
-    if len(t_outputs) != 1 or len(s_outputs) != 1:
-        raise ValueError(
-            "Teacher and student must each have exactly one output. Received: "
-            f"teacher outputs={len(t_outputs)}, student outputs={len(s_outputs)}"
-        )
-    t_shape, s_shape = tuple(t_outputs[0].shape[1:]), tuple(s_outputs[0].shape[1:])
-    if t_shape != s_shape:
-        raise ValueError(
-            "Teacher and student outputs must have the same shape. Received: "
-            f"teacher output shape={t_shape}, student output shape={s_shape}"
-        )
-
-
-def _check_static_shapes(teacher_outputs, student_outputs):
-    t_shape, s_shape = tuple(teacher_outputs.shape[1:]), tuple(student_outputs.shape[1:])
-    if None in t_shape or None in s_shape:
-        return
-    if t_shape != s_shape:
-        raise ValueError(
-            "Teacher and student outputs must have the same shape. Received: "
-            f"teacher output shape={t_shape}, student output shape={s_shape}"
-        )
-
-
 def _split_targets(y):
     if not isinstance(y, dict):
         return y, None
@@ -661,61 +520,3 @@ def _single_weight(sample_weight):
     if isinstance(sample_weight, dict):
         return sample_weight.get("labels", next(iter(sample_weight.values()), None))
     return sample_weight
-
-
-def _feature_outputs(teacher, student, feature_layers):
-    """Symbolic outputs of the named layers, validated."""
-    if not feature_layers:
-        return [], []
-    for model, role in ((teacher, "teacher"), (student, "student")):
-        # Checked before any layer name, so a subclassed model gets this message.
-        if _symbolic_outputs(model) is None:
-            raise ValueError(
-                f"Feature distillation needs a Functional or Sequential {role}. "
-                f"Received: {role}={model.name!r}"
-            )
-    teacher_features, student_features = [], []
-    for t_name, s_name in feature_layers:
-        teacher_features.append(_layer_output(teacher, t_name, "teacher"))
-        student_features.append(_layer_output(student, s_name, "student"))
-    return teacher_features, student_features
-
-
-def _layer_output(model, name, role):
-    try:
-        layer = model.get_layer(name)
-    except ValueError as error:
-        raise ValueError(
-            f"The {role} has no layer named {name!r}. Received: feature_layers entry {name!r}"
-        ) from error
-    return layer.output
-
-
-def _make_projections(teacher_features, student_features, projection):
-    projections = []
-    for target, feature in zip(teacher_features, student_features):
-        t_shape, s_shape = tuple(target.shape[1:]), tuple(feature.shape[1:])
-        if t_shape[:-1] != s_shape[:-1]:
-            raise ValueError(
-                "Feature layers must agree on every axis but the last. Received: "
-                f"teacher feature shape={t_shape}, student feature shape={s_shape}"
-            )
-        if projection == "dense" or (projection == "auto" and t_shape != s_shape):
-            dense = keras.layers.Dense(t_shape[-1], use_bias=False)
-            dense.build((None,) + s_shape)
-            projections.append(dense)
-        elif t_shape != s_shape:
-            raise ValueError(
-                "Feature shapes differ and `projection=None` forbids a projection. "
-                f"Received: teacher feature shape={t_shape}, student feature shape={s_shape}"
-            )
-        else:
-            projections.append(None)
-    return projections
-
-
-def _extractor(model, features):
-    if model is None or not features:
-        return None
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, [*features, *_symbolic_outputs(model)])

@@ -1,0 +1,51 @@
+"""The one model walk under every technique.
+
+- `walk`: what a model is made of: graph or subclassed, its layers at any
+  depth, the attribute slots of a subclassed model, layer selection.
+- `copy`: fresh layers and models holding the same weights.
+- `rebuild`: a new Sequential/Functional model with layers replaced (Keras op
+  nodes such as `x + 3.0` and nested models included).
+- `swapped`: the base of models that run a subclassed model whose layer
+  attributes were swapped, saved and reloaded as `.keras`.
+"""
+
+from tfcompress.surgery.copy import carry_weights, copy_layer
+from tfcompress.surgery.rebuild import copy_model, rebuild_graph, replace_layers
+from tfcompress.surgery.swapped import SwappedModel
+from tfcompress.surgery.walk import (
+    Selection,
+    Slot,
+    all_layers,
+    as_functional,
+    graph_layers,
+    is_graph_model,
+    layer_paths,
+    own_variables,
+    raise_unreachable,
+    resolve,
+    set_slot,
+    slots,
+    walk_with_ancestors,
+)
+
+__all__ = [
+    "Selection",
+    "Slot",
+    "SwappedModel",
+    "all_layers",
+    "as_functional",
+    "carry_weights",
+    "copy_layer",
+    "copy_model",
+    "graph_layers",
+    "is_graph_model",
+    "layer_paths",
+    "own_variables",
+    "raise_unreachable",
+    "rebuild_graph",
+    "replace_layers",
+    "resolve",
+    "set_slot",
+    "slots",
+    "walk_with_ancestors",
+]
