@@ -450,7 +450,7 @@ class QuantizeWrapper(keras.layers.Layer):
         last = len(self.kind.kernels) - 1
         kernel_scale = self._kernel_scale(last, self.float_kernels()[last])
         rounded = quantizers.quantize_bias(bias, source.scale(), kernel_scale)
-        return registry._add_bias(self.layer, y, ops.stop_gradient(rounded - bias))
+        return registry.add_bias(self.layer, y, ops.stop_gradient(rounded - bias))
 
     def _kernel_scale(self, i, w):
         """The scale(s) of the i-th kernel's int8 grid, one per output channel or one."""

@@ -55,7 +55,8 @@ class Kind:
     custom: bool = False
 
 
-def _add_bias(layer, y, bias):
+def add_bias(layer, y, bias):
+    """`y + bias` on the layer's channel axis (`bias` None: `y` unchanged)."""
     if bias is None:
         return y
     if getattr(layer, "data_format", "channels_last") == "channels_first":
@@ -64,7 +65,7 @@ def _add_bias(layer, y, bias):
 
 
 def _dense_forward(layer, x, kernels, mid):
-    return _add_bias(layer, ops.matmul(x, kernels[0]), layer.bias)
+    return add_bias(layer, ops.matmul(x, kernels[0]), layer.bias)
 
 
 def _dense_as_conv_view(kernel):
@@ -77,11 +78,11 @@ def _dense_as_conv_forward(layer, x, kernels, mid):
     units = kernels[0].shape[-1]
     y = ops.conv(ops.reshape(x, (-1, 1, 1, x.shape[-1])), kernels[0])
     y = ops.reshape(y, (-1,) + tuple(x.shape[1:-1]) + (units,))
-    return _add_bias(layer, y, layer.bias)
+    return add_bias(layer, y, layer.bias)
 
 
 def _conv_forward(layer, x, kernels, mid):
-    return _add_bias(layer, layer.convolution_op(x, kernels[0]), layer.bias)
+    return add_bias(layer, layer.convolution_op(x, kernels[0]), layer.bias)
 
 
 def _conv1d_view(kernel):
@@ -116,7 +117,7 @@ def _conv1d_forward(layer, x, kernels, mid):
         dilation_rate=(1, layer.dilation_rate[0]),
         data_format=layer.data_format,
     )
-    return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
+    return add_bias(layer, ops.squeeze(y, axis), layer.bias)
 
 
 def _depthwise1d_as_2d(layer, x, kernel):
@@ -135,14 +136,14 @@ def _depthwise1d_as_2d(layer, x, kernel):
 
 def _depthwise1d_forward(layer, x, kernels, mid):
     y, axis = _depthwise1d_as_2d(layer, x, kernels[0])
-    return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
+    return add_bias(layer, ops.squeeze(y, axis), layer.bias)
 
 
 def _separable1d_forward(layer, x, kernels, mid):
     y, axis = _depthwise1d_as_2d(layer, x, kernels[0])
     y = mid(y)
     y = ops.conv(y, kernels[1], strides=1, padding="valid", data_format=layer.data_format)
-    return _add_bias(layer, ops.squeeze(y, axis), layer.bias)
+    return add_bias(layer, ops.squeeze(y, axis), layer.bias)
 
 
 def _depthwise_forward(layer, x, kernels, mid):
@@ -154,7 +155,7 @@ def _depthwise_forward(layer, x, kernels, mid):
         data_format=layer.data_format,
         dilation_rate=layer.dilation_rate,
     )
-    return _add_bias(layer, y, layer.bias)
+    return add_bias(layer, y, layer.bias)
 
 
 def _separable_forward(layer, x, kernels, mid):
@@ -170,7 +171,7 @@ def _separable_forward(layer, x, kernels, mid):
     )
     y = mid(y)
     y = ops.conv(y, kernels[1], strides=1, padding="valid", data_format=layer.data_format)
-    return _add_bias(layer, y, layer.bias)
+    return add_bias(layer, y, layer.bias)
 
 
 def _rbm_forward(layer, x, kernels, mid):
