@@ -347,3 +347,36 @@ def test_register_layer_bad_input():
     with pytest.raises(ValueError, match="prune="):
         layers_registry.register_layer(Scale, kernels=["w"], prune=["v"])
     assert layers_registry.lookup(Scale()) is None  # nothing registered by failed calls
+
+
+def test_every_technique_takes_layers_and_exclude():
+    """`exclude=` leaves a layer untouched and `layers=` picks, in every technique."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((16,)), layers.Dense(16, activation="relu", name="a"),
+         layers.Dense(16, activation="relu", name="b"), layers.Dense(4, name="out")]
+    )
+    schedule = tfc.pruning.ConstantSparsity(0.5, 0, frequency=1)
+    pruned = tfc.pruning.prune_low_magnitude(model, pruning_schedule=schedule, exclude=["a"])
+    assert not any(name.startswith("a/") for name in pruned.weight_names)
+    clustered = tfc.clustering.cluster_weights(model, 4, layers=["b"])
+    assert [layer.name for layer in clustered.layers if "cluster" in layer.name] == ["cluster_b"]
+    qat = tfc.quantization.quantize_model(model, exclude=["a"])
+    names = [layer.name for layer in qat.layers]
+    assert "quant_b" in names and "quant_a" not in names and "a" in names
+    factorized = tfc.factorization.low_rank(model, rank=2, exclude=["b"])
+    assert "b" in [layer.name for layer in factorized.layers]
+    assert "a_u" in [layer.name for layer in factorized.layers]
+    small = tfc.pruning.prune_units(model, 0.5, exclude=["a"])
+    assert small.get_layer("a").units == 16 and small.get_layer("b").units == 8
+    small = tfc.pruning.prune_units(model, 0.5, layers=["a"])
+    assert small.get_layer("a").units == 8 and small.get_layer("b").units == 16
+    for technique in (
+        lambda: tfc.clustering.cluster_weights(model, 4, exclude=["nope"]),
+        lambda: tfc.quantization.quantize_model(model, exclude=["nope"]),
+        lambda: tfc.factorization.low_rank(model, rank=2, exclude=["nope"]),
+        lambda: tfc.pruning.prune_units(model, 0.5, exclude=["nope"]),
+        lambda: tfc.pruning.prune_low_magnitude(model, exclude=["nope"]),
+    ):
+        with pytest.raises(ValueError, match="exclude"):
+            technique()

@@ -24,7 +24,7 @@ import numbers
 import keras
 import numpy as np
 
-from tfcompress import _compat, layers_registry
+from tfcompress import _compat, layers_registry, surgery
 from tfcompress.layers_registry import (
     CONCATENATES,
     DEPTHWISE,
@@ -587,7 +587,7 @@ def _rebuild(model, cuts):
     )
 
 
-def prune_units(model, fraction=0.5, criterion="l1"):
+def prune_units(model, fraction=0.5, criterion="l1", *, layers=None, exclude=None):
     """Removes the weakest neurons of Dense and filters of Conv layers.
 
     The model's graph, Keras op nodes included, is read as channel
@@ -613,6 +613,11 @@ def prune_units(model, fraction=0.5, criterion="l1"):
             tied to a named one follow it; tied layers named with different
             fractions are an error).
         criterion: "l1" or "l2" norm of a unit's incoming weights.
+        layers: optional names, classes or predicates of the layers that may
+            lose units (default all).
+        exclude: names, classes or predicates of layers that keep their
+            units. Tied layers lose units together or not at all: a group with
+            a layer left out by `layers`/`exclude` keeps all its units.
 
     Returns:
         A new `keras.Model` of the same kind (Sequential or Functional) with
@@ -630,7 +635,7 @@ def prune_units(model, fraction=0.5, criterion="l1"):
         >>> prune_units(m, 0.5).layers[0].units
         3
     """
-    if not (isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"):
+    if not surgery.is_graph_model(model):
         raise ValueError(
             "`prune_units` rebuilds the layer graph, so it needs a Sequential or Functional "
             f"model. Received: model={type(model).__name__}"
@@ -639,7 +644,11 @@ def prune_units(model, fraction=0.5, criterion="l1"):
         raise ValueError(f"The model must be built. Received: model={model.name}")
     if criterion not in _CRITERIA:
         raise ValueError(f"`criterion` must be one of {_CRITERIA}. Received: criterion={criterion}")
+    select = surgery.Selection(model, layers, exclude)
     graph = _ChannelGraph(as_functional(model), criterion)
     groups = _groups(graph)
     _set_fractions(model, groups, fraction)
+    for group in groups:
+        if not all(select(p.layer) for p in group.producers):
+            group.fraction = 0.0
     return _rebuild(model, _cuts(graph, _removed_classes(graph, groups)))

@@ -25,7 +25,14 @@ from tfcompress.quantization.layers import ActivationQuantizer, QuantizeWrapper
 
 
 def quantize_model(
-    model, *, layer_configs=None, preserve_sparsity=True, fully_int8=False, preserve_clusters=False
+    model,
+    *,
+    layer_configs=None,
+    preserve_sparsity=True,
+    fully_int8=False,
+    preserve_clusters=False,
+    layers=None,
+    exclude=None,
 ):
     """Returns a copy of `model` that trains with int8 fake quantization.
 
@@ -54,6 +61,9 @@ def quantize_model(
             models). `QuantizeConfig(preserve_clusters=False)` leaves a layer
             out (its kernel trains freely); `QuantizeConfig(preserve_clusters=True)`
             selects one layer without this flag.
+        layers: optional names, classes or predicates of the layers to
+            quantize; the others stay float (as with `QuantizeConfig(mode="float")`).
+        exclude: names, classes or predicates of layers to leave float.
 
     Returns:
         A Keras model: Functional for Sequential/Functional inputs, a
@@ -82,6 +92,7 @@ def quantize_model(
     """
     _check_model(model)
     _check_layer_configs(layer_configs)
+    layer_configs = _with_selection(model, layer_configs, layers, exclude)
     flags = dict(
         preserve_sparsity=preserve_sparsity,
         fully_int8=fully_int8,
@@ -162,6 +173,22 @@ def _check_model(model):
             "`model` is a PrunedModel: call tfc.pruning.strip_pruning(model) first; its zeros "
             f"are then kept through QAT. Received: model={model.name}"
         )
+
+
+def _with_selection(model, layer_configs, layers, exclude):
+    """`layer_configs` with a float config for each layer `layers`/`exclude` leave out."""
+    if layers is None and exclude is None:
+        return layer_configs
+    select = surgery.Selection(model, layers, exclude)
+    if surgery.is_graph_model(model):
+        candidates = surgery.as_functional(model).layers
+    else:
+        candidates = [slot.layer for slot, _ in _walk_subclassed(model)]
+    configs = dict(layer_configs or {})
+    for layer in candidates:
+        if not select(layer):
+            configs.setdefault(layer.name, QuantizeConfig(mode="float"))
+    return configs
 
 
 def _check_layer_configs(layer_configs):
