@@ -58,11 +58,6 @@ def replace_tracked_layer(owner, old, new):
         owner._tracker.replace_tracked_value("layers", old, new)
 
 
-def untrack(owner, value):
-    """Stops `owner` from tracking `value` (before an attribute is reassigned)."""
-    owner._tracker.untrack(value)
-
-
 def graph_nodes(model):
     """The call nodes of a Functional model, inputs first (topological order).
 

@@ -276,47 +276,6 @@ def factorize_layer(layer, rank):
     return seq
 
 
-def _rebuild_graph(model, plan):
-    """A Sequential/Functional copy of `model` with the planned layers split in two, inline."""
-
-    def planned(layer):
-        return _is_factorizable(layer) and layer.name in plan
-
-    if isinstance(model, keras.Sequential):
-        layers = []
-        for layer in model.layers:
-            if surgery.is_graph_model(layer):
-                layers.append(_rebuild_graph(layer, plan))
-            elif planned(layer):
-                layers += list(_factor_pair(layer, plan[layer.name]))
-            else:
-                layers.append(surgery.copy_layer(layer))
-        spec = model.inputs[0]
-        return keras.Sequential(
-            [keras.Input(batch_shape=spec.shape, dtype=spec.dtype)] + layers, name=model.name
-        )
-
-    new = {}
-
-    def call(operation, args, kwargs):
-        if not isinstance(operation, keras.layers.Layer):
-            return operation(*args, **kwargs)
-        if id(operation) not in new:
-            if surgery.is_graph_model(operation):
-                new[id(operation)] = (_rebuild_graph(operation, plan),)
-            elif planned(operation):
-                new[id(operation)] = _factor_pair(operation, plan[operation.name])
-            else:
-                new[id(operation)] = (surgery.copy_layer(operation, call=(args, kwargs)),)
-        first, *rest = new[id(operation)]
-        outputs = first(*args, **kwargs)
-        for layer in rest:
-            outputs = layer(outputs)
-        return outputs
-
-    return surgery.rebuild_graph(model, call)
-
-
 @register
 class LowRankModel(surgery.SwappedModel):
     """A subclassed model whose Dense/Conv attributes were split by `low_rank`.
@@ -422,12 +381,12 @@ def low_rank(model, rank=None, energy=0.9, *, layers=None, exclude=None):
     plan = {row["layer"]: row["rank"] for row in report if row["factorized"]}
     if not surgery.is_graph_model(model):
         return _low_rank_subclassed(model, plan)
-    reachable = {id(layer) for layer in surgery.graph_layers(model)}
-    surgery.raise_unreachable(model, [
-        layer for layer in _all_factorizable(model)
-        if layer.name in plan and id(layer) not in reachable
-    ])
-    return _rebuild_graph(model, plan)
+    # Each planned layer becomes its two factors, inline (pruning and QAT see plain layers).
+    return surgery.replace_layers(
+        model,
+        lambda layer: _is_factorizable(layer) and layer.name in plan,
+        lambda copy, layer: _factor_pair(layer, plan[layer.name]),
+    )
 
 
 @register

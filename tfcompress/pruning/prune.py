@@ -83,20 +83,20 @@ def get_prunable_weights(layer):
     return [variable for _, variable in layers_registry.kernel_variables(layer, "prune")]
 
 
-def _walk(model):
-    return surgery.walk_with_ancestors(model)
-
-
 def _layer_types(model):
     return sorted(
-        {type(x).__name__ for x, _ in _walk(model) if not isinstance(x, keras.layers.InputLayer)}
+        {
+            type(x).__name__
+            for x in surgery.all_layers(model)
+            if not isinstance(x, keras.layers.InputLayer)
+        }
     )
 
 
 def _candidates(model):
     """All prunable (layer, ancestors, variable) of `model`, in a fixed order."""
     out, seen = [], set()
-    for layer, ancestors in _walk(model):
+    for layer, ancestors in surgery.walk_with_ancestors(model):
         for variable in get_prunable_weights(layer):
             if id(variable) not in seen:
                 seen.add(id(variable))
@@ -605,7 +605,7 @@ def prune_low_magnitude(
         pruning_schedule = schedules.ConstantSparsity(0.5, begin_step=0, frequency=100)
     pruning_schedule = schedules.get(pruning_schedule)
     indices = _select(to_prune, layers, exclude)
-    layers_registry.warn_overridden([layer for layer, _ in _walk(to_prune)], "Pruning")
+    layers_registry.warn_overridden(surgery.all_layers(to_prune), "Pruning")
     if not indices:
         found = _layer_types(to_prune)
         raise ValueError(

@@ -363,18 +363,10 @@ def _substituted_forward(layer, x, kernels, mid):
         return layer.call(x)
 
 
-_custom_kinds = {}
-
-
-def _custom_kind(layer):
+def _custom_kind(spec):
     """The `Kind` of a custom layer registered with kernels (`tfc.register_layer`)."""
-    spec = layers_registry.lookup(layer)
     names = tuple(k.name for k in spec.kernels)
-    if names not in _custom_kinds:
-        _custom_kinds[names] = Kind(
-            "custom", names, False, _substituted_forward, foldable=False, custom=True
-        )
-    return _custom_kinds[names]
+    return Kind("custom", names, False, _substituted_forward, foldable=False, custom=True)
 
 
 def weighted_kind(layer):
@@ -385,16 +377,14 @@ def weighted_kind(layer):
     """
     cls = layers_registry.registered_class(layer)
     if cls is None:
-        return RBM if _is_rbm(layer) else None
+        return None
     for classes, kind in _WEIGHTED:
         if issubclass(cls, classes):
             return kind
     spec = layers_registry.lookup(layer)
-    if spec.quantize and spec.kernels and _is_rbm(layer):
-        return RBM
-    if spec.quantize and spec.kernels:
-        return _custom_kind(layer)
-    return None
+    if not (spec.quantize and spec.kernels):
+        return None
+    return RBM if _is_rbm(layer) else _custom_kind(spec)
 
 
 def role(layer):

@@ -13,10 +13,6 @@ from tfcompress import _compat
 from tfcompress.surgery.walk import all_layers
 
 
-def _n_weights(layer):
-    return len(layer.weights)
-
-
 def _symbolic_build(layer, shape):
     """Builds `layer` by calling it on a symbolic input of `shape` (float, then int)."""
     errors = []
@@ -35,7 +31,7 @@ def build_like(new, layer, call=None):
         args, kwargs = call
         new(*args, **kwargs)
         return
-    if new.built and _n_weights(new) == _n_weights(layer):
+    if new.built and len(new.weights) == len(layer.weights):
         return  # deserialization built it from the saved build config
     build_config = layer.get_build_config()
     if build_config is None:
@@ -45,7 +41,7 @@ def build_like(new, layer, call=None):
         )
     try:
         new.build_from_config(build_config)
-        built = _n_weights(new) == _n_weights(layer)
+        built = len(new.weights) == len(layer.weights)
     except (TypeError, ValueError):  # e.g. a model whose inputs are token ids
         built = False
     if not built:

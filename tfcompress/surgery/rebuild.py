@@ -58,13 +58,14 @@ class _Rebuilder:
     def _sequential(self, model):
         # Rebuilt as a Sequential again, so a user's Sequential stays one.
         spec = model.inputs[0]
-        layers = [self.layer(layer, None) for layer in model.layers]
+        layers = [new for layer in model.layers for new in self.layer(layer, None)]
         return keras.Sequential(
             [keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=spec.name)] + layers,
             name=model.name,
         )
 
     def layer(self, layer, call):
+        """The layers (one, or several applied in turn) that stand for `layer`."""
         if id(layer) in self.new:
             return self.new[id(layer)]
         if is_graph_model(layer):
@@ -74,13 +75,17 @@ class _Rebuilder:
             if self.wants(layer):
                 self.done.add(id(layer))
                 new = self.make(new, layer)
-        self.new[id(layer)] = new
-        return new
+        self.new[id(layer)] = new if isinstance(new, tuple) else (new,)
+        return self.new[id(layer)]
 
     def call(self, operation, args, kwargs):
         if not isinstance(operation, keras.layers.Layer):
             return operation(*args, **kwargs)  # a Keras op node: stateless
-        return self.layer(operation, (args, kwargs))(*args, **kwargs)
+        first, *rest = self.layer(operation, (args, kwargs))
+        outputs = first(*args, **kwargs)
+        for layer in rest:
+            outputs = layer(outputs)
+        return outputs
 
 
 def replace_layers(model, wants, make):
@@ -90,7 +95,9 @@ def replace_layers(model, wants, make):
     and op nodes too; a Sequential stays a Sequential); `wants(layer)` sees
     the layers of `model` and `make(copy, layer)` gets a private, built copy
     of the layer (no weights shared with `model`) and returns its replacement,
-    which is called where the layer was. Every other layer is a private copy.
+    which is called where the layer was, or a tuple of layers applied in turn
+    there (inline: a Sequential gets them as consecutive layers). Every other
+    layer is a private copy.
 
     Raises:
         ValueError: if `model` is not Sequential/Functional, or if a layer that
