@@ -2,11 +2,14 @@
 
 import collections
 import glob
+import io
 import json
 import math
 import os
+import zipfile
 from fractions import Fraction
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -277,7 +280,8 @@ def test_zeros_stay_zero_with_adam_and_forward_never_sees_them(digits):
     np.testing.assert_allclose(pm.predict(x[:50], verbose=0), reference, atol=1e-5)
 
 
-def test_custom_training_loop_recipe(digits):
+@pytest.mark.parametrize("recipe", ["model_step", "explicit_step"])
+def test_custom_training_loop_recipe(recipe, digits):
     (x, y), _ = digits
     model = small_mlp(hidden=(32,))
     pm = pruning.prune_low_magnitude(
@@ -294,13 +298,21 @@ def test_custom_training_loop_recipe(digits):
 
     updated = []
     for i in range(12):
-        updated.append(bool(pm.update_masks(optimizer.iterations)))
+        if recipe == "model_step":
+            updated.append(bool(pm.update_masks()))
+        else:
+            updated.append(bool(pm.update_masks(optimizer.iterations)))
         train_step(x[i * 32 : (i + 1) * 32], y[i * 32 : (i + 1) * 32])
+        if recipe == "model_step":
+            pm.step.assign_add(1)
     assert [i for i, u in enumerate(updated) if u] == [0, 3, 6, 9]
+    # An explicit step is used as given and leaves the model's own count alone.
+    assert int(pm.step.numpy()) == (12 if recipe == "model_step" else 0)
     for variable in pm.pruned_weights:
         assert _zeros(variable).sum() == _expected_zero_count(int(np.prod(variable.shape)), 0.5)
-    with pytest.raises(ValueError, match="Received: step=None"):
-        pm.update_masks()
+    for bad in (-1, 2.5, "3", True):
+        with pytest.raises(ValueError, match=rf"Received: step={bad!r}"):
+            pm.update_masks(bad)
 
 
 def test_keras_round_trip_and_resume_in_fresh_process(tmp_path, digits):
@@ -345,6 +357,162 @@ def test_keras_round_trip_and_resume_in_fresh_process(tmp_path, digits):
     )
 
 
+def _zero_counts(pm):
+    return [int(_zeros(v).sum()) for v in pm.pruned_weights]
+
+
+def _sizes(pm):
+    return [int(np.prod(v.shape)) for v in pm.pruned_weights]
+
+
+class _UpdateSpy(keras.callbacks.Callback):
+    """Records (step, pruning_step) of the pruned model at the end of each batch."""
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def on_train_batch_end(self, batch, logs=None):
+        pm = self.model
+        self.seen.append((int(pm.step.numpy()), int(pm.pruning_step.numpy())))
+
+
+def test_recompile_keeps_sparsity_issue_12(digits):
+    # The reproduction of issue 12: before the fix the second fit ended at sparsity 0.46.
+    (x, y), _ = digits
+    pm = pruning.prune_low_magnitude(
+        small_mlp(hidden=(64,)), pruning_schedule=PolynomialDecay(0, 0.8, 0, 40, frequency=5)
+    )
+    pm.compile("adam", LOSS)
+    pm.fit(x[:800], y[:800], epochs=1, batch_size=16, verbose=0)  # 50 steps
+    expected = [_expected_zero_count(n, 0.8) for n in _sizes(pm)]
+    assert _zero_counts(pm) == expected
+    masks = [m.numpy() for m in pm.masks]
+    pm.compile(keras.optimizers.Adam(1e-4), LOSS)
+    pm.fit(x[:160], y[:160], epochs=1, batch_size=16, verbose=0)  # 10 steps
+    assert int(pm.optimizer.iterations.numpy()) == 10  # the new optimizer restarted...
+    assert int(pm.step.numpy()) == 60  # ...the schedule did not
+    assert int(pm.pruning_step.numpy()) == 40
+    assert _zero_counts(pm) == expected
+    assert pruning.get_sparsity(pm) == pytest.approx(
+        {"dense/kernel": 0.8, "dense_1/kernel": 0.8}, abs=1 / 2048
+    )
+    for before, after in zip(masks, pm.masks):
+        np.testing.assert_array_equal(after.numpy(), before)
+
+
+def test_recompile_mid_schedule_keeps_every_turn(digits):
+    (x, y), _ = digits
+    pm = pruning.prune_low_magnitude(
+        small_mlp(hidden=(64,)), pruning_schedule=PolynomialDecay(0, 0.8, 0, 40, frequency=5)
+    )
+    seen = []
+    pm.compile("adam", LOSS)
+    pm.fit(x[:352], y[:352], batch_size=16, verbose=0, callbacks=[_UpdateSpy(seen)])  # 22
+    pm.compile(keras.optimizers.SGD(0.01), LOSS)
+    pm.fit(x[:288], y[:288], batch_size=16, verbose=0, callbacks=[_UpdateSpy(seen)])  # 18
+    assert [s for s, _ in seen] == list(range(1, 41))
+    assert sorted({u for _, u in seen}) == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert int(pm.pruning_step.numpy()) == 40  # applied when the second fit ended
+    assert _zero_counts(pm) == [_expected_zero_count(n, 0.8) for n in _sizes(pm)]
+
+
+def test_load_model_compile_fit_continues_the_schedule(tmp_path, digits):
+    (x, y), _ = digits
+    schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=40, frequency=5)
+    pm = pruning.prune_low_magnitude(small_mlp(hidden=(32,)), pruning_schedule=schedule)
+    pm.compile("adam", LOSS)
+    pm.fit(x[:320], y[:320], batch_size=16, verbose=0)  # 20 steps, then the update at 20
+    pm.save(tmp_path / "mid.keras")
+    again = keras.saving.load_model(tmp_path / "mid.keras")
+    assert int(again.step.numpy()) == 20 and int(again.pruning_step.numpy()) == 20
+    old_zeros = [_zeros(v).copy() for v in again.pruned_weights]
+    again.compile(keras.optimizers.Adam(1e-4), LOSS)  # fine-tune further: a new optimizer
+    seen = []
+    again.fit(x[:320], y[:320], batch_size=16, verbose=0, callbacks=[_UpdateSpy(seen)])
+    assert seen[0] == (21, 20)  # no update at "step 0" with sparsity 0
+    assert sorted({u for _, u in seen}) == [20, 25, 30, 35]
+    assert int(again.step.numpy()) == 40 and int(again.pruning_step.numpy()) == 40
+    assert _zero_counts(again) == [_expected_zero_count(n, 0.8) for n in _sizes(again)]
+    for variable, zero in zip(again.pruned_weights, old_zeros):
+        assert _zeros(variable)[zero].all()
+
+
+def test_backup_and_restore_resumes_the_step(tmp_path, digits):
+    (x, y), _ = digits
+    x, y = x[:160], y[:160]  # 10 steps an epoch
+    schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=40, frequency=5)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("preempted")
+
+    def train(callbacks):
+        pm = pruning.prune_low_magnitude(small_mlp(hidden=(32,), seed=1), pruning_schedule=schedule)
+        pm.compile(keras.optimizers.SGD(0.05, momentum=0.9), LOSS)
+        pm.fit(x, y, epochs=4, batch_size=16, shuffle=False, verbose=0, callbacks=callbacks)
+        return pm
+
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="preempted"):
+        train([keras.callbacks.BackupAndRestore(backup), Interrupt()])
+    seen = []
+    resumed = train([keras.callbacks.BackupAndRestore(backup), _UpdateSpy(seen)])
+    assert seen[0] == (21, 20)  # resumed after epoch 2 with the step of that backup
+    reference = train([])  # the same training, never interrupted
+    assert int(resumed.step.numpy()) == int(reference.step.numpy()) == 40
+    for a, b in zip(resumed.masks, reference.masks):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(resumed.model.weights, reference.model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+def _without_step(src, dst):
+    """A copy of the `.keras` file `src` as saved before `PrunedModel.step` existed."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item == "model.weights.h5":
+                buffer = io.BytesIO(data)
+                with h5py.File(buffer, "a") as f:
+                    own = f["vars"]  # the PrunedModel's own: masks, pruning_step, step
+                    del own[str(len(own) - 1)]
+                data = buffer.getvalue()
+            zout.writestr(item, data)
+
+
+@pytest.mark.parametrize("recompile", [False, True])
+def test_file_saved_before_the_step_variable_still_loads(tmp_path, digits, recompile):
+    (x, y), _ = digits
+    schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=40, frequency=5)
+    pm = pruning.prune_low_magnitude(small_mlp(hidden=(32,)), pruning_schedule=schedule)
+    pm.compile("adam", LOSS)
+    pm.fit(x[:368], y[:368], batch_size=16, verbose=0)  # 23 steps: last update at 20
+    pm.save(tmp_path / "new.keras")
+    _without_step(tmp_path / "new.keras", tmp_path / "old.keras")
+    with pytest.raises(ValueError, match="expected 3 variables, but received 4"):
+        pruning.PrunedModel(small_mlp(hidden=(32,)), schedule, weight_indices=[0]).load_weights(
+            tmp_path / "new.keras"
+        )
+    old = keras.saving.load_model(tmp_path / "old.keras")
+    assert int(old.step.numpy()) == 20  # the last mask update until training begins
+    assert int(old.optimizer.iterations.numpy()) == 23
+    for a, b in zip(old.masks, pm.masks):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    old_zeros = [_zeros(v).copy() for v in old.pruned_weights]
+    if recompile:
+        old.compile(keras.optimizers.Adam(1e-4), LOSS)
+    old.fit(x[:160], y[:160], batch_size=16, verbose=0)  # 10 steps
+    # The restored optimizer is ahead of the last update: its count is taken, as before.
+    assert int(old.step.numpy()) == (20 if recompile else 23) + 10
+    assert int(old.pruning_step.numpy()) == 30
+    sparsity_at_30 = Fraction(4, 5) * (1 - Fraction(1, 4) ** 3)
+    assert _zero_counts(old) == [math.ceil(sparsity_at_30 * n) for n in _sizes(old)]
+    for variable, zero in zip(old.pruned_weights, old_zeros):
+        assert _zeros(variable)[zero].all()
+
+
 def test_subclassed_round_trip(tmp_path):
     model = Subclassed()
     model(np.zeros((1, 64), np.float32))
@@ -382,6 +550,34 @@ def test_block_pruning_end_to_end():
     assert set(blocks.sum(1).tolist()) <= {0, 8} and (blocks.sum(1) == 0).sum() == 64
 
 
+def test_block_as_large_as_the_kernel_is_not_zeroed(digits):
+    # Issue 12: block_size (32, 16) on a 32x16 kernel at 30% zeroed the kernel (sparsity 1.0).
+    (x, _), _ = digits
+    model = small_mlp(hidden=(32,), classes=16)  # kernels 64x32 (2x2 blocks) and 32x16 (one)
+    first = model.layers[0].kernel.numpy()
+    with pytest.warns(UserWarning, match=r"covers all of weight 'dense_1/kernel' \(32, 16\)"):
+        pm = pruning.prune_low_magnitude(
+            model, pruning_schedule=_one_shot(0.3), block_size=(32, 16)
+        )
+    assert bool(pm.update_masks(0))
+    assert pruning.get_sparsity(pm)["dense_1/kernel"] == 0.0
+    # NumPy reference: of the 4 blocks of the first kernel, round(0.3 * 4) = 1 goes, the one
+    # with the smallest mean |w|.
+    scores = np.abs(first).reshape(2, 32, 2, 16).mean(axis=(1, 3)).ravel()
+    expected = np.ones(4, np.float32)
+    expected[np.argmin(scores)] = 0.0
+    expected = np.repeat(np.repeat(expected.reshape(2, 2), 32, 0), 16, 1)
+    np.testing.assert_array_equal(pm.masks[0].numpy(), expected)
+    out = pm.predict(x[:20], verbose=0)
+    assert np.ptp(out, axis=0).min() > 0  # every output still depends on the input
+    with pytest.warns(UserWarning, match="covers all of weight"):
+        pm = pruning.prune_low_magnitude(
+            small_mlp(hidden=(32,), classes=16), _one_shot(0.8), block_size=(32, 16)
+        )
+    assert bool(pm.update_masks(0))  # even at 80% the one-block weight stays whole
+    assert list(pruning.get_sparsity(pm).values()) == [0.75, 0.0]  # round(3.2) = 3 of 4 blocks
+
+
 def test_mirrored_strategy_parity(mirrored, digits):
     (x, y), _ = digits
     x, y = x[:256], y[:256]
@@ -406,6 +602,39 @@ def test_mirrored_strategy_parity(mirrored, digits):
     for m, w in zip(two_m, two_w[::2]):
         assert ((w == 0) >= (m == 0)).all()
         assert (m == 0).any()
+
+
+def test_mirrored_step_matches_single_device(mirrored, digits):
+    (x, y), _ = digits
+    x, y = x[:256], y[:256]  # 8 steps an epoch
+    schedule = PolynomialDecay(0.0, 0.7, begin_step=2, end_step=30, frequency=3)
+
+    def train(strategy):
+        with strategy.scope():
+            model = small_mlp(hidden=(32,), seed=3)
+        pm = pruning.prune_low_magnitude(model, pruning_schedule=schedule)
+        with strategy.scope():
+            pm.compile(keras.optimizers.SGD(0.1), LOSS, steps_per_execution=3)
+        pm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+        with strategy.scope():
+            pm.compile(keras.optimizers.SGD(0.05), LOSS)  # a new optimizer, from 0
+        pm.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+        steps = [int(v.numpy()) for v in strategy.experimental_local_results(pm.step.value)]
+        return pm, steps, int(pm.pruning_step.numpy()), [m.numpy() for m in pm.masks]
+
+    _, one_steps, one_last, one_masks = train(tf.distribute.get_strategy())
+    pm, two_steps, two_last, two_masks = train(mirrored)
+    assert one_steps == [24] and two_steps == [24, 24]  # every replica holds the count
+    assert one_last == two_last == 23  # the last turn (2 + 3k) at or before step 24
+    for a, b in zip(one_masks, two_masks):
+        np.testing.assert_array_equal(a, b)
+
+    @tf.function
+    def replica_increment():
+        mirrored.run(lambda: pm.step.assign_add(1))
+
+    replica_increment()  # in replica context: counted once, not once per replica
+    assert [int(v.numpy()) for v in mirrored.experimental_local_results(pm.step.value)] == [25, 25]
 
 
 def _replica_step_op_counts(strategy, model):
@@ -562,7 +791,8 @@ def test_pruning_summaries(tmp_path, digits):
 
 
 BAD = [
-    (dict(block_size=(0, 2)), "Received: block_size="),
+    (dict(block_size=(0, 2)), r"Received: block_size=\(0, 2\)"),
+    (dict(block_size=(2,)), r"Received: block_size=\(2,\)"),
     (dict(block_pooling_type="MEAN"), "Received: block_pooling_type=MEAN"),
     (dict(sparsity_m_by_n=(4, 4)), r"Received: sparsity_m_by_n=\(4, 4\)"),
     (dict(sparsity_m_by_n=(2, 4), block_size=(2, 2)), "cannot be combined"),

@@ -27,7 +27,8 @@ def _scalar(tag, value, step):
 class PruningSummaries(keras.callbacks.Callback):
     """Writes the sparsity of every pruned weight and the schedule to TensorBoard.
 
-    Scalars, at the step given by the optimizer's iterations:
+    Scalars, at each pruned model's `step` (the training step its schedule
+    reads, which goes on across `compile` and reloads):
     `pruning/sparsity/<weight name>` (fraction of zeros), `pruning/target_sparsity`
     (the schedule's value) and `pruning/last_update_step`.
 
@@ -66,9 +67,9 @@ class PruningSummaries(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def _write(self):
-        step = int(self.model.optimizer.iterations.numpy())
         with self._writer.as_default():
             for pruned in self._targets:
+                step = int(keras.ops.convert_to_numpy(pruned.step.value))
                 for name, variable in zip(pruned.weight_names, pruned.pruned_weights):
                     zeros = float(np.mean(keras.ops.convert_to_numpy(variable.value) == 0))
                     _scalar(f"pruning/sparsity/{name}", zeros, step)

@@ -10,10 +10,52 @@ A mask is 1.0 where a weight is kept and 0.0 where it is pruned, with the
 weight's shape and dtype.
 """
 
+import numbers
+
 import tensorflow as tf
 
+POOLING_TYPES = ("AVG", "MAX")
 _HI_BINS = 1 << 15  # bits >> 16 of a non-negative float32 (sign bit clear)
 _LO_BINS = 1 << 16
+
+
+def check_block_size(block_size):
+    """`block_size` as a tuple of two positive ints.
+
+    Raises:
+        ValueError: anything else, naming the received value.
+    """
+    ok = (
+        isinstance(block_size, (tuple, list))
+        and len(block_size) == 2
+        and all(
+            isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1
+            for b in block_size
+        )
+    )
+    if not ok:
+        raise ValueError(
+            "`block_size` must be two positive integers (rows, cols). "
+            f"Received: block_size={block_size}"
+        )
+    return tuple(int(b) for b in block_size)
+
+
+def check_pooling(pooling, name="pooling"):
+    """Raises ValueError, naming argument `name`, unless `pooling` is "AVG" or "MAX"."""
+    if pooling not in POOLING_TYPES:
+        raise ValueError(f"`{name}` must be one of {POOLING_TYPES}. Received: {name}={pooling}")
+
+
+def _scaled_lower_edge(size, sparsity):
+    """`(target, size, edge)`: edge is `size` times the lower end of the float32
+    rounding interval of `sparsity`, so a float32 target counts as its decimal
+    value (0.8 as 4/5, not 0.800000012)."""
+    target = tf.cast(sparsity, tf.float32)
+    below = tf.math.nextafter(target, tf.zeros_like(target))
+    size = tf.cast(size, tf.float64)
+    edge = (tf.cast(target, tf.float64) + tf.cast(below, tf.float64)) / 2.0 * size
+    return target, size, edge
 
 
 def num_to_prune(size, sparsity):
@@ -32,13 +74,38 @@ def num_to_prune(size, sparsity):
     Returns:
         Scalar int32 tensor.
     """
-    target = tf.cast(sparsity, tf.float32)
-    below = tf.math.nextafter(target, tf.zeros_like(target))
-    size = tf.cast(size, tf.float64)
-    # Lower edge of the float32 rounding interval of `target`, in weights.
-    edge = (tf.cast(target, tf.float64) + tf.cast(below, tf.float64)) / 2.0 * size
+    target, size, edge = _scaled_lower_edge(size, sparsity)
     k = tf.where(target > 0, tf.floor(edge) + 1.0, 0.0)
     return tf.cast(tf.clip_by_value(k, 0.0, size), tf.int32)
+
+
+def num_blocks_to_prune(num_blocks, sparsity):
+    r"""Number of blocks to prune: the nearest to `sparsity * num_blocks`, never all.
+
+    .. math::
+        k = \min\left(\left\lceil s\,n - \tfrac{1}{2} \right\rceil,\; n - 1\right)
+
+    Blocks are coarse, so the count is rounded to the nearest integer (a tie,
+    such as 0.25 of 2 blocks, rounds down) instead of up as for single weights:
+    the realised fraction `k / n` is the closest to the target and never above
+    it by more than half a block. A target below 1 never prunes every block, so
+    a weight that is a single block (`block_size` as large as the kernel) is
+    left whole instead of zeroed. Same float32 tolerance as `num_to_prune`.
+
+    Args:
+        num_blocks: Number of blocks `n` (int or scalar tensor).
+        sparsity: Target fraction of pruned blocks `s` in [0, 1).
+
+    Returns:
+        Scalar int32 tensor in [0, n - 1] (0 when n is 0).
+
+    Example:
+        >>> [int(num_blocks_to_prune(n, 0.3)) for n in (1, 4, 10)]
+        [0, 1, 3]
+    """
+    _, size, edge = _scaled_lower_edge(num_blocks, sparsity)
+    k = tf.floor(edge - 0.5) + 1.0
+    return tf.cast(tf.clip_by_value(k, 0.0, tf.maximum(size - 1.0, 0.0)), tf.int32)
 
 
 def _first_reaching(hist, k):
@@ -123,17 +190,29 @@ def block_mask(weights, sparsity, block_size, pooling="AVG"):
 
     The weight is viewed as a matrix (all leading axes by the last one) and
     padded to whole blocks; a padded block pools only its real entries. An
-    exact `num_to_prune(num_blocks, sparsity)` blocks are pruned.
+    exact `num_blocks_to_prune(num_blocks, sparsity)` blocks are pruned: the
+    count nearest the target, never all of them, so a block as large as the
+    weight leaves it whole.
 
     Args:
         weights: Weight tensor of any shape.
         sparsity: Target fraction of pruned blocks in [0, 1).
-        block_size: `(rows, cols)` of a block.
+        block_size: `(rows, cols)` of a block, positive ints.
         pooling: "AVG" or "MAX" pooling of |w| over a block.
 
     Returns:
         Mask tensor with the shape and dtype of `weights`.
+
+    Raises:
+        ValueError: a bad `block_size` or `pooling`.
+
+    Example:
+        >>> w = tf.constant([[0.1, 0.2], [0.9, 0.8], [0.3, 0.1], [0.7, 0.6]])
+        >>> block_mask(w, 0.5, (1, 2)).numpy()[:, 0].tolist()
+        [0.0, 1.0, 0.0, 1.0]
     """
+    block_size = check_block_size(block_size)
+    check_pooling(pooling)
     weights = tf.convert_to_tensor(weights)
     matrix = tf.abs(tf.cast(_as_matrix(weights), tf.float32))
     rows, cols = block_size
@@ -147,7 +226,7 @@ def block_mask(weights, sparsity, block_size, pooling="AVG"):
         counts = tf.reshape(tf.pad(tf.ones_like(matrix), pad), [n_r, rows, n_c, cols])
         scores = tf.reduce_sum(blocks, axis=[1, 3]) / tf.reduce_sum(counts, axis=[1, 3])
     flat = tf.reshape(scores, [-1])
-    keep = tf.logical_not(_smallest_k_flat(flat, num_to_prune(tf.size(flat), sparsity)))
+    keep = tf.logical_not(_smallest_k_flat(flat, num_blocks_to_prune(tf.size(flat), sparsity)))
     keep = tf.reshape(tf.cast(keep, weights.dtype), [n_r, 1, n_c, 1])
     full = tf.reshape(tf.tile(keep, [1, rows, 1, cols]), [n_r * rows, n_c * cols])
     full = full[: tf.shape(matrix)[0], : tf.shape(matrix)[1]]

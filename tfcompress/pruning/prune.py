@@ -2,12 +2,14 @@
 
 The model is wrapped, not cloned: `PrunedModel` holds the user's model (any
 Sequential, Functional, subclassed or nested model) plus one mask variable per
-pruned weight and the step of the last mask update. Pruned weights are kept
+pruned weight, its own training-step counter `step` and the step of the last
+mask update. The schedule reads `step`, not the optimizer's iteration count,
+so a new optimizer (`compile` again, or `load_model` then `compile`) does not
+restart the schedule and let pruned weights grow back. Pruned weights are kept
 at exactly zero in the weight variables themselves:
 
-- a mask update (every pruning turn of the schedule, driven by the optimizer's
-  iteration count) multiplies each weight by its new mask, so the next forward
-  pass only sees kept weights;
+- a mask update (every pruning turn of the schedule) multiplies each weight by
+  its new mask, so the next forward pass only sees kept weights;
 - every optimizer step is followed by the same multiply through the
   variable's constraint (Keras optimizers apply constraints after each update,
   in `fit`, custom loops and under `tf.distribute`), so momentum or Adam
@@ -19,6 +21,7 @@ each applies the same mask to its own copy.
 
 import contextlib
 import dataclasses
+import math
 import numbers
 import warnings
 
@@ -29,8 +32,6 @@ from tfcompress import _compat, layers_registry, surgery
 from tfcompress._serialization import register
 from tfcompress.pruning import masks as mask_lib
 from tfcompress.pruning import schedules
-
-_POOLING_TYPES = ("AVG", "MAX")
 
 
 def register_prunable_layer(layer_class, weight_names):
@@ -165,23 +166,6 @@ class _Targets:
         self.items = items
 
 
-def _check_block_size(block_size):
-    ok = (
-        isinstance(block_size, (tuple, list))
-        and len(block_size) == 2
-        and all(
-            isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1
-            for b in block_size
-        )
-    )
-    if not ok:
-        raise ValueError(
-            "`block_size` must be two positive integers (rows, cols). "
-            f"Received: block_size={block_size}"
-        )
-    return tuple(int(b) for b in block_size)
-
-
 def _check_m_by_n(sparsity_m_by_n):
     if sparsity_m_by_n is None:
         return None
@@ -202,12 +186,8 @@ def _check_m_by_n(sparsity_m_by_n):
 
 
 def _check_options(block_size, block_pooling_type, sparsity_m_by_n):
-    block_size = _check_block_size(block_size)
-    if block_pooling_type not in _POOLING_TYPES:
-        raise ValueError(
-            f"`block_pooling_type` must be one of {_POOLING_TYPES}. "
-            f"Received: block_pooling_type={block_pooling_type}"
-        )
+    block_size = mask_lib.check_block_size(block_size)
+    mask_lib.check_pooling(block_pooling_type, "block_pooling_type")
     m_by_n = _check_m_by_n(sparsity_m_by_n)
     if m_by_n is not None and block_size != (1, 1):
         raise ValueError(
@@ -237,10 +217,22 @@ class PrunedModel(keras.Model):
     """A model whose selected weights are magnitude-pruned during training.
 
     Made by `prune_low_magnitude`; behaves as the wrapped model (same inputs,
-    outputs, `fit`, `evaluate`, `save`). Masks and the step of the last mask
-    update are weights of this model, so a `.keras` file saved mid-training
-    reloads (after `import tfcompress`) with the same masks; the schedule
-    resumes from the restored optimizer's iteration count.
+    outputs, `fit`, `evaluate`, `save`). The masks, the training step `step`
+    that the schedule reads and the step of the last mask update
+    `pruning_step` are non-trainable weights of this model (one `step` per
+    pruned model, not per layer). So a `.keras` file saved mid-training, or a
+    `keras.callbacks.BackupAndRestore` backup, reloads (after `import
+    tfcompress`) with the same masks and continues the schedule where it
+    stopped, and so does `compile` with a new optimizer: the schedule never
+    restarts at step 0 and pruned weights never grow back.
+
+    `step` counts the optimizer steps this model has trained: `fit` (through
+    `UpdatePruningStep`) adds the optimizer's progress after each batch. It is
+    mirrored under `tf.distribute` like `optimizer.iterations` (aggregation
+    "only_first_replica"), so every replica holds the same count. A `.keras`
+    file saved before `step` existed still loads: its step is taken as the
+    last mask update (`pruning_step`), or the restored optimizer's iteration
+    count when that is larger, once training begins.
 
     Args:
         model: The Keras model to prune (built).
@@ -255,6 +247,10 @@ class PrunedModel(keras.Model):
 
     Raises:
         ValueError: bad options, an unbuilt model, or nothing to prune.
+
+    With `block_size`, the number of blocks pruned is the nearest to the
+    target and never all of a weight's blocks (`masks.num_blocks_to_prune`),
+    so a weight no larger than one block stays dense.
 
     Example:
         >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
@@ -288,6 +284,7 @@ class PrunedModel(keras.Model):
         self.weight_indices = None if weight_indices is None else [int(i) for i in weight_indices]
         self._targets = _Targets([])
         self._update_fn = None
+        self._step_from_optimizer = False
         if model.built:
             # Keras records the argument as this model's build config (exporters read it).
             self.build(_known_input_shape(model))
@@ -337,6 +334,15 @@ class PrunedModel(keras.Model):
                 trainable=False,
                 name="pruning_step",
             )
+            # Last, so that files saved without it keep the indices of the others.
+            self.step = self.add_weight(
+                shape=(),
+                initializer="zeros",
+                dtype="int64",
+                trainable=False,
+                aggregation="only_first_replica",
+                name="step",
+            )
         for target in items:
             target.variable.constraint = _MaskConstraint(target.mask, target.variable.constraint)
         self._targets = _Targets(items)
@@ -378,7 +384,8 @@ class PrunedModel(keras.Model):
         else:
             should_prune, sparsity = self.pruning_schedule(step)
         due = tf.logical_and(
-            tf.cast(should_prune, tf.bool), tf.not_equal(step, self.pruning_step.value)
+            tf.logical_and(tf.cast(should_prune, tf.bool), step >= 0),
+            tf.not_equal(step, self.pruning_step.value),
         )
 
         def prune():
@@ -394,31 +401,59 @@ class PrunedModel(keras.Model):
     def update_masks(self, step=None):
         """Updates the masks if the schedule prunes at `step`; returns whether it did.
 
-        Call it before each training step in a custom training loop (`fit` does
-        it through `UpdatePruningStep`). Pruned weights are zeroed at once. With
-        a `PolynomialDecay` or `ConstantSparsity`, a pruning turn skipped since
-        the last update (`fit` with `steps_per_execution > 1` calls this once
-        per execution) is applied, at that turn's sparsity.
+        Call it before each training step in a custom training loop, and add
+        one to `step` after it (`fit` does both through `UpdatePruningStep`):
+
+            pm.update_masks()
+            train_step(x, y)
+            pm.step.assign_add(1)
+
+        Pruned weights are zeroed at once. With a `PolynomialDecay` or
+        `ConstantSparsity`, a pruning turn skipped since the last update (`fit`
+        with `steps_per_execution > 1` calls this once per execution) is
+        applied, at that turn's sparsity.
 
         Args:
-            step: The training step; by default this model's optimizer iteration count.
+            step: The training step (int >= 0 or integer tensor); by default
+                this model's `step` variable. A given step is used as is and
+                does not change `step`.
 
         Returns:
             A bool tensor: True when the masks were updated.
 
         Raises:
-            ValueError: no `step` and the model has no optimizer.
+            ValueError: `step` is a negative or non-integer Python number.
         """
         if step is None:
-            if getattr(self, "optimizer", None) is None:
-                raise ValueError(
-                    "`update_masks` needs the training step: pass `step=optimizer.iterations` "
-                    f"or compile the model. Received: step={step}"
-                )
-            step = self.optimizer.iterations
+            step = self.step
+        elif isinstance(step, (numbers.Number, str)) and not (
+            isinstance(step, numbers.Integral) and not isinstance(step, bool) and step >= 0
+        ):
+            raise ValueError(
+                f"`step` must be an integer >= 0 or an integer tensor. Received: step={step!r}"
+            )
         if self._update_fn is None:
             self._update_fn = tf.function(self._update, autograph=False)
         return self._update_fn(tf.convert_to_tensor(step, tf.int64))
+
+    def load_own_variables(self, store):
+        """Restores the weights; a file saved before `step` existed lacks only that one."""
+        own = _compat.own_variables(self)
+        step = getattr(self, "step", None)
+        if not own or own[-1] is not step or len(store.keys()) != len(own) - 1:
+            super().load_own_variables(store)
+            return
+        for i, variable in enumerate(own[:-1]):
+            variable.assign(store[str(i)])  # Keras' own layout: variable i under key "i"
+        # Never before the last mask update, so no turn is redone at a lower sparsity.
+        self.step.assign(tf.maximum(self.pruning_step.value, 0))
+        self._step_from_optimizer = True
+
+    def _adopt_optimizer_step(self, iterations):
+        """For a file saved before `step` existed: continue from the optimizer, if it is ahead."""
+        if self._step_from_optimizer:
+            self.step.assign(tf.maximum(self.step.value, _read(iterations)))
+            self._step_from_optimizer = False
 
     def strip(self):
         """Removes the mask constraints and returns the wrapped model (weights already masked)."""
@@ -455,6 +490,11 @@ class PrunedModel(keras.Model):
         return cls(**config)
 
 
+def _read(value):
+    """The current value of a variable as a tensor: a copy, not the variable itself."""
+    return tf.convert_to_tensor(value)
+
+
 def pruned_models(model):
     """Every `PrunedModel` in `model`: itself, or nested (e.g. a distiller's student)."""
     found = [model] if isinstance(model, PrunedModel) else []
@@ -466,14 +506,18 @@ def pruned_models(model):
 class UpdatePruningStep(keras.callbacks.Callback):
     """Updates the masks before each training batch when the schedule says so.
 
-    The step is the training model's `optimizer.iterations` (the number of
-    steps done), so it survives saving, reloading and several `fit` calls, and
-    counts optimizer steps (not forward calls). When training ends, a mask
-    update due at the next step is applied too, so `end_step = epochs *
-    steps_per_epoch` (tfmot's recipe) ends exactly at the final sparsity.
-    `PrunedModel.fit` and `Distiller.fit` (pruned student) add this callback by
-    themselves when it is missing; pass it explicitly when another model that
-    holds a pruned model is trained.
+    The step is each pruned model's own `step` variable: after every batch it
+    grows by the optimizer steps the batch took (`steps_per_execution` of them
+    at once), so it counts optimizer steps, not forward calls, and it is saved
+    with the model. Several `fit` calls, `compile` with a new optimizer,
+    `load_model` and `BackupAndRestore` all continue the schedule. When
+    training ends, a mask update due at the next step is applied too, so
+    `end_step = epochs * steps_per_epoch` (tfmot's recipe) ends exactly at the
+    final sparsity. `PrunedModel.fit` and `Distiller.fit` (pruned student) add
+    this callback by themselves when it is missing, and run it before the
+    other callbacks, so a checkpoint saved at the end of a batch holds the
+    step after it; pass it explicitly when another model that holds a pruned
+    model is trained, first in the list.
 
     Raises:
         ValueError: at the start of training, when the model holds no pruned model.
@@ -489,11 +533,19 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 "UpdatePruningStep needs a model made by `prune_low_magnitude`. "
                 f"Received: model={self.model.name}"
             )
+        for pruned in self._targets:
+            pruned._adopt_optimizer_step(self.model.optimizer.iterations)
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = self.model.optimizer.iterations
+        # A snapshot: the optimizer's progress over this batch is added to `step` at its end.
+        self._iterations = _read(self.model.optimizer.iterations)
         for pruned in self._targets:
-            pruned.update_masks(step)
+            pruned.update_masks()
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = _read(self.model.optimizer.iterations) - self._iterations
+        for pruned in self._targets:
+            pruned.step.assign_add(done)
 
     def on_train_end(self, logs=None):
         # A mask due at the step after the last one (the usual `end_step =
@@ -507,7 +559,8 @@ def with_update_step(model, args, kwargs):
     Added only when `model` holds a pruned model and the callbacks have no
     `UpdatePruningStep` yet: `PrunedModel.fit` and `Distiller.fit` use it, so a
     pruned model (or a distiller's pruned student) never trains unpruned by
-    accident.
+    accident. The `UpdatePruningStep` is moved first, so the other callbacks
+    (checkpoints, summaries) see the step after each batch.
     """
     if not pruned_models(model):
         return args, kwargs
@@ -522,15 +575,17 @@ def with_update_step(model, args, kwargs):
 def _add_update_step(callbacks, model):
     if isinstance(callbacks, keras.callbacks.CallbackList):
         # `fit` uses a CallbackList as given, so the new callback needs its model here.
-        if not any(isinstance(c, UpdatePruningStep) for c in callbacks.callbacks):
-            callback = UpdatePruningStep()
-            callback.set_model(model)
-            callbacks.callbacks.append(callback)
+        callbacks.callbacks[:] = _update_step_first(callbacks.callbacks, model)
         return callbacks
-    callbacks = list(callbacks or [])
-    if not any(isinstance(c, UpdatePruningStep) for c in callbacks):
-        callbacks.append(UpdatePruningStep())
-    return callbacks
+    return _update_step_first(list(callbacks or []), model)
+
+
+def _update_step_first(callbacks, model):
+    ours = [c for c in callbacks if isinstance(c, UpdatePruningStep)]
+    if not ours:
+        ours = [UpdatePruningStep()]
+        ours[0].set_model(model)
+    return ours + [c for c in callbacks if not isinstance(c, UpdatePruningStep)]
 
 
 def prune_low_magnitude(
@@ -546,10 +601,12 @@ def prune_low_magnitude(
 
     Any built Keras model works: Sequential, Functional, subclassed, or one
     holding nested models (a Keras application inside a model). The model is
-    not cloned: its own variables are pruned in place. Steps are counted from
-    the optimizer's iterations; `fit` adds `UpdatePruningStep` by itself when
-    it is missing. For a custom training loop call `pm.update_masks(step)`
-    before each step (`step = optimizer.iterations`). Biases are never pruned.
+    not cloned: its own variables are pruned in place. Steps are counted by
+    the pruned model's own `pm.step` variable (saved with it, so recompiling
+    or reloading continues the schedule); `fit` adds `UpdatePruningStep`,
+    which advances it, by itself when it is missing. For a custom training
+    loop call `pm.update_masks()` before each step and `pm.step.assign_add(1)`
+    after it. Biases are never pruned.
 
     Args:
         to_prune: A built `keras.Model`.
@@ -557,6 +614,9 @@ def prune_low_magnitude(
             schedule or any `schedule(step) -> (should_prune, sparsity)`;
             default `ConstantSparsity(0.5, begin_step=0, frequency=100)`.
         block_size: `(rows, cols)` pruned as a unit; `(1, 1)` for unstructured.
+            The number of blocks pruned is the nearest to the target (see
+            `masks.num_blocks_to_prune`) and never all blocks of a weight, so
+            a weight no larger than one block is left whole (with a warning).
         block_pooling_type: "AVG" or "MAX": how a block's magnitude is pooled.
         sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)`: keep `m` of every `n`
             consecutive input-channel weights at each pruning turn (the
@@ -616,7 +676,7 @@ def prune_low_magnitude(
         )
     # Made in the strategy of the model's variables, so `fit` distributes as the model did.
     with _strategy_scope(to_prune.weights[0]):
-        return PrunedModel(
+        pruned = PrunedModel(
             to_prune,
             pruning_schedule,
             block_size=block_size,
@@ -625,6 +685,25 @@ def prune_low_magnitude(
             weight_indices=None if layers is None and exclude is None else indices,
             name=f"pruned_{to_prune.name}",
         )
+    _warn_single_blocks(pruned)
+    return pruned
+
+
+def _warn_single_blocks(pruned):
+    """Block pruning never prunes a whole weight: say so for weights that are one block."""
+    if pruned.block_size == (1, 1):
+        return
+    rows, cols = pruned.block_size
+    for name, variable in zip(pruned.weight_names, pruned.pruned_weights):
+        shape = tuple(variable.shape)
+        height = math.prod(shape[:-1]) if len(shape) > 1 else 1
+        if height <= rows and shape[-1] <= cols:
+            warnings.warn(
+                f"`block_size` {pruned.block_size} covers all of weight {name!r} {shape}: "
+                "it is one block, which block pruning never removes, so it stays dense. "
+                "Use smaller blocks or exclude the layer.",
+                stacklevel=3,
+            )
 
 
 def strip_pruning(model):
@@ -665,6 +744,6 @@ def get_sparsity(model):
     names = _weight_names(candidates)
     out = {}
     for name, (_, _, variable) in zip(names, candidates):
-        values = keras.ops.convert_to_numpy(variable.value)
+        values = variable.numpy()
         out[name] = float((values == 0).mean())
     return out

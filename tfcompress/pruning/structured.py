@@ -328,7 +328,7 @@ class _ChannelGraph:
         else:
             self._read(layer, PRODUCES, tensor)
         if id(layer) not in self.producers:
-            values = keras.ops.convert_to_numpy(kernel)
+            values = kernel.numpy()
             self.producers[id(layer)] = _Producer(
                 layer, self.slots.new(values.shape[-1]), _scores(values, self.criterion)
             )
