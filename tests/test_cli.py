@@ -1,13 +1,16 @@
+import dataclasses
 import os
 import subprocess
 import sys
 import time
+import zipfile
 
 import keras
 import numpy as np
 import pytest
 
 import tfcompress as tfc
+import tfcompress_cli
 from tfcompress import cli
 
 # Runs the console script's own module in a fresh interpreter and reports, on the
@@ -120,12 +123,13 @@ def test_help_answers_without_tensorflow(argv, record_property):
         ([], "the following arguments are required: command"),
         (["compress", "m.keras"], "invalid choice: 'compress'"),
         (["export", "m.keras"], "the following arguments are required: -o/--output"),
-        (["export", "missing.keras", "-o", "m.tflite"], "no model file at 'missing.keras'"),
+        (["export", "missing.keras", "-o", "m.tflite"],
+         "cannot load MODEL 'missing.keras': no such file"),
         (["export", __file__, "-o", "m.tflite"], "MODEL must be a .keras file"),
         (["export", "missing.keras", "-o", "m.tflite", "--quantization", "int4"],
          "invalid choice: 'int4'"),
-        (["report", "missing.tflite"], "no TFLite file at 'missing.tflite'"),
-        (["report", "--data", "x.npy", "--", "missing.tflite"], "no TFLite file at"),
+        (["report", "missing.tflite"], "cannot load MODEL 'missing.tflite': no such file"),
+        (["report", "--data", "x.npy", "--", "missing.tflite"], "cannot load MODEL"),
         (["demo", "--steps"], "argument --steps: expected at least one argument"),
     ],
 )
@@ -173,3 +177,134 @@ def test_digits_options_work_for_subclassed_models(tmp_path, capsys):
                      "--markdown"]) == 0
     row = capsys.readouterr().out.splitlines()[2].split("|")
     assert row[1].strip() == "head.keras" and 0.0 <= float(row[8]) <= 1.0
+
+
+@dataclasses.dataclass
+class FileCase:
+    """A command line whose input or output file is bad, and the error it must end with."""
+
+    argv: list
+    message: str
+    early: bool = True  # caught before TensorFlow loads (False: only Keras can tell)
+
+
+def _read_only_dir(tmp_path, saved_mlp):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    if os.access(tmp_path / "ro", os.W_OK):  # root: 'output-under-a-file' fails for it too
+        pytest.skip("directory permissions do not bind this user (root)")
+    out = str(tmp_path / "ro" / "m.tflite")
+    return FileCase(["export", str(saved_mlp), "-o", out],
+                    f"cannot write -o/--output {out!r}: permission denied")
+
+
+def _output_under_a_file(tmp_path, saved_mlp):
+    (tmp_path / "file").write_text("")
+    out = str(tmp_path / "file" / "sub" / "m.tflite")
+    return FileCase(["export", str(saved_mlp), "-o", out],
+                    f"cannot write -o/--output {out!r}: {str(tmp_path / 'file')!r} is not a "
+                    "directory")
+
+
+def _output_is_a_directory(tmp_path, saved_mlp):
+    (tmp_path / "m.tflite").mkdir()
+    out = str(tmp_path / "m.tflite")
+    return FileCase(["export", str(saved_mlp), "-o", out],
+                    f"cannot write -o/--output {out!r}: it is a directory")
+
+
+def _plot_into_missing_directory(tmp_path, saved_mlp):
+    plot = str(tmp_path / "missing" / "p.png")
+    return FileCase(["report", str(saved_mlp), "--data", "digits", "--plot", plot],
+                    f"cannot write --plot {plot!r}: no directory {str(tmp_path / 'missing')!r}")
+
+
+def _empty_zip(tmp_path, saved_mlp):
+    zipfile.ZipFile(tmp_path / "x.keras", "w").close()
+    model = str(tmp_path / "x.keras")
+    return FileCase(["export", model, "-o", str(tmp_path / "m.tflite")],
+                    f"cannot load MODEL {model!r}: not a .keras archive (the zip file holds no "
+                    "config.json)")
+
+
+def _random_bytes(tmp_path, saved_mlp):
+    (tmp_path / "x.keras").write_bytes(np.random.default_rng(0).bytes(512))
+    model = str(tmp_path / "x.keras")
+    return FileCase(["export", model, "-o", str(tmp_path / "m.tflite")],
+                    f"cannot load MODEL {model!r}: not a .keras archive")
+
+
+def _random_bytes_tflite(tmp_path, saved_mlp):
+    (tmp_path / "x.tflite").write_bytes(np.random.default_rng(0).bytes(512))
+    model = str(tmp_path / "x.tflite")
+    return FileCase(["report", model], f"cannot load MODEL {model!r}: not a TFLite flatbuffer")
+
+
+def _unregistered_class(tmp_path, saved_mlp):
+    class Twice(keras.layers.Layer):  # not registered: this process cannot load it back
+        def call(self, x):
+            return 2 * x
+
+    keras.Sequential([keras.Input((4,)), Twice()]).save(tmp_path / "custom.keras")
+    model = str(tmp_path / "custom.keras")
+    return FileCase(["export", model, "-o", str(tmp_path / "m.tflite")],
+                    f"cannot load MODEL {model!r}: Keras cannot find the class 'Twice' named in "
+                    "its config: it must be importable and registered with "
+                    "@keras.saving.register_keras_serializable()", early=False)
+
+
+def _missing_file(tmp_path, saved_mlp):
+    model = str(tmp_path / "missing.keras")
+    return FileCase(["export", model, "-o", str(tmp_path / "m.tflite")],
+                    f"cannot load MODEL {model!r}: no such file")
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(_read_only_dir, id="output-in-read-only-dir"),
+    pytest.param(_output_under_a_file, id="output-under-a-file"),
+    pytest.param(_output_is_a_directory, id="output-is-a-directory"),
+    pytest.param(_plot_into_missing_directory, id="plot-into-missing-directory"),
+    pytest.param(_empty_zip, id="empty-zip"),
+    pytest.param(_random_bytes, id="random-bytes"),
+    pytest.param(_random_bytes_tflite, id="random-bytes-tflite"),
+    pytest.param(_unregistered_class, id="unregistered-class"),
+    pytest.param(_missing_file, id="missing-file"),
+])
+def test_file_errors_exit_2_with_one_line(build, saved_mlp, tmp_path, capsys):
+    case = build(tmp_path, saved_mlp)
+    before = _files(tmp_path)
+    capsys.readouterr()
+    assert _exit_code(case.argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tfcompress {case.argv[0]}: error: "), err
+    assert case.message in err[0] and "Traceback" not in captured.err, err
+    assert captured.out == ""  # nothing measured or printed before the error
+    assert _files(tmp_path) == before  # no output, no temporary file
+    if case.early:
+        code, _, err, imported = _front(*case.argv)
+        assert code == 2 and len(err) == 1 and case.message in err[0], err
+        assert imported == ("False", "False")
+
+
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_write_failures_after_the_check_exit_2_with_one_line(command, saved_mlp, tmp_path,
+                                                             capsys):
+    # What the up-front check cannot foresee (the file system changing under the
+    # command) is reported by the write itself, without leaving a partial file.
+    (tmp_path / "file").write_text("")
+    out = str(tmp_path / "file" / ("m.tflite" if command == "export" else "p.png"))
+    argv = (["export", str(saved_mlp), "-o", out] if command == "export"
+            else ["report", str(saved_mlp), "--data", "digits", "--plot", out])
+    args = tfcompress_cli.build_parser().parse_args(argv)  # skips the up-front check
+    capsys.readouterr()
+    assert cli.run(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    flag = "-o/--output" if command == "export" else "--plot"
+    assert err[-1] == (f"tfcompress {command}: error: cannot write {flag} {out!r}: "
+                       f"{str(tmp_path / 'file')!r} is not a directory")
+    assert sum("error:" in line for line in err) == 1 and "Traceback" not in "\n".join(err)
+    assert _files(tmp_path) == ["file"]

@@ -3,15 +3,20 @@
 `tfcompress_cli` (a top-level module, so that `tfcompress --help` and argument
 errors never load TensorFlow) parses the command line and checks the files it
 names; `run` executes the parsed command. Errors found while reading the
-inputs (a file that is not a .npy array, calibration data of the wrong shape)
-end like argument errors: exit code 2 and one line on stderr.
+inputs (a file that is not a .npy array, a model Keras cannot load, calibration
+data of the wrong shape) or writing the outputs end like argument errors: exit
+code 2 and one line on stderr.
 """
 
 import math
 import os
+import re
 import sys
 
-from tfcompress_cli import USAGE_ERROR, parse_args
+from tfcompress_cli import USAGE_ERROR, os_error_reason, parse_args, unwritable
+
+# Keras's message when a config names a class or function that is not registered.
+_NOT_FOUND = re.compile(r"Could not locate (class|function) '([^']+)'")
 
 
 class UsageError(Exception):
@@ -23,7 +28,35 @@ def _load_model(path):
 
     import tfcompress  # noqa: F401  (registers tfcompress objects for loading)
 
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # whatever breaks in a user's file is theirs to fix: one line
+        raise UsageError(f"cannot load MODEL {path!r}: {_load_failure(e)}") from e
+
+
+def _load_failure(error):
+    """Why Keras could not load a model, in one line."""
+    chain, seen = error, set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        missing = _NOT_FOUND.search(str(chain))
+        if missing:
+            kind, name = missing.groups()
+            return (
+                f"Keras cannot find the {kind} {name!r} named in its config: it must be "
+                "importable and registered with @keras.saving.register_keras_serializable(); "
+                "this command imports only tfcompress, so export such a model from Python "
+                "(tfcompress.export.to_tflite)"
+            )
+        chain = chain.__cause__ or chain.__context__
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
+
+
+def _write_failure(path, flag, error, *, make_dirs):
+    """Why writing `path` failed, in one line: the up-front check's words where they apply."""
+    problem = unwritable(path, flag, make_dirs=make_dirs)
+    return problem or f"cannot write {flag} {path!r}: {os_error_reason(error)}"
 
 
 def _load_array(path, what):
@@ -65,11 +98,14 @@ def _export(args, log):
     log(f"converting {args.model} (quantization={args.quantization or 'none'}) ...")
     blob = export.to_tflite(
         model,
-        args.output,
         quantization=args.quantization,
         representative_data=calibration,
         int8_io=args.int8_io,
     )
+    try:
+        export.write_atomic(args.output, blob)
+    except OSError as e:  # checked up front; the file system changed since, or the disk is full
+        raise UsageError(_write_failure(args.output, "-o/--output", e, make_dirs=True)) from e
     log(f"wrote {args.output} ({len(blob):,} bytes)")
 
 
@@ -89,7 +125,10 @@ def _report(args, log):
     result = report.compression_report(items, x, y)
     print(result.to_markdown() if args.markdown else result)
     if args.plot:
-        result.plot(args.plot)
+        try:
+            result.plot(args.plot)
+        except OSError as e:
+            raise UsageError(_write_failure(args.plot, "--plot", e, make_dirs=False)) from e
         log(f"wrote {args.plot}")
 
 
