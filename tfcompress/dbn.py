@@ -134,9 +134,10 @@ class DBN(keras.Model):
             A list with the `History` of each RBM.
 
         Raises:
-            ValueError: for invalid data (NaN/inf, outside [0, 1] for
+            ValueError: for invalid data (empty, NaN/inf, outside [0, 1] for
                 Bernoulli units, or a wrong number of features), a bad
-                `epochs`, `batch_size` or optimizer, before any state changes.
+                `epochs`, `batch_size` or optimizer (also one with a negative
+                or non-finite learning rate), before any state changes.
         """
         n = len(self.rbms)
         epochs_list = list(epochs) if isinstance(epochs, (list, tuple)) else [epochs] * n
@@ -158,6 +159,8 @@ class DBN(keras.Model):
         is_array = not hasattr(x, "element_spec")
         if is_array:
             x = self.rbms[0].validate_array(x, "x").astype("float32")
+            if len(x) == 0:
+                raise ValueError(f"`x` must hold at least one sample. Received: x.shape={x.shape}")
         with self.distribute_strategy.scope():
             if not self.built:
                 dim = x.shape[-1] if is_array else x.element_spec.shape[-1]
@@ -269,6 +272,14 @@ def _check_optimizer(optimizer):
             "`optimizer` must be None, a name or a keras Optimizer. "
             f"Received: optimizer={optimizer!r}"
         )
+    elif optimizer is not None:
+        # Keras accepts any learning rate; a negative one would climb the CD loss.
+        rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        if not 0.0 <= rate < float("inf"):
+            raise ValueError(
+                "`optimizer` must have a finite learning rate >= 0. "
+                f"Received: optimizer={type(optimizer).__name__}(learning_rate={rate:.6g})"
+            )
 
 
 def _fresh_optimizer(optimizer):

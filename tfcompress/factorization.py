@@ -15,6 +15,8 @@ Reference:
     Within Convolutional Networks for Efficient Evaluation", NeurIPS 2014.
 """
 
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
@@ -29,7 +31,7 @@ def _is_factorizable(layer):
 
 
 def _kernel_matrix(layer):
-    kernel = ops.convert_to_numpy(layer.kernel).astype("float64")
+    kernel = layer.kernel.numpy().astype("float64")
     return kernel.reshape(-1, kernel.shape[-1])
 
 
@@ -98,7 +100,7 @@ class LowRankReport(list):
 
 
 def _check_energy(energy):
-    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1:
+    if isinstance(energy, bool) or not isinstance(energy, numbers.Real) or not 0 < energy <= 1:
         raise ValueError(f"`energy` must be a number in (0, 1]. Received: energy={energy}")
 
 
@@ -407,8 +409,9 @@ class PCA(keras.layers.Layer):
 
     Raises:
         ValueError: `n_components` not a positive int or a float in (0, 1];
-            at `adapt`, more components than features or samples; at call,
-            if `adapt` was never called.
+            at `adapt`, empty or non-finite data, more components than
+            features or samples; at call, if `adapt` was never called or the
+            inputs have another number of features.
 
     Example:
         >>> pca = PCA(n_components=0.95)
@@ -421,14 +424,15 @@ class PCA(keras.layers.Layer):
 
     def __init__(self, n_components, whiten=False, **kwargs):
         is_int = isinstance(n_components, (int, np.integer)) and not isinstance(n_components, bool)
-        is_share = isinstance(n_components, float) and 0 < n_components <= 1
+        is_share = isinstance(n_components, (float, np.floating)) and 0 < n_components <= 1
         if not (is_int and n_components >= 1) and not is_share:
             raise ValueError(
                 "`n_components` must be an int >= 1 or a float in (0, 1]. "
-                f"Received: n_components={n_components}"
+                f"Received: n_components={n_components!r}"
             )
         super().__init__(**kwargs)
-        self.n_components = n_components
+        # Plain Python numbers: NumPy scalars do not serialize in `get_config`.
+        self.n_components = int(n_components) if is_int else float(n_components)
         self.whiten = bool(whiten)
         self.n_components_ = None
 
@@ -457,13 +461,23 @@ class PCA(keras.layers.Layer):
             steps: number of dataset batches to read (all when None).
 
         Raises:
-            ValueError: data not 2-D, more components than features or samples,
-                or `whiten=True` with a kept component of zero variance.
+            ValueError: data empty, not 2-D or not finite, more components
+                than features or samples, or `whiten=True` with a kept
+                component of zero variance.
         """
         x = _collect(data, steps)
         if x.ndim != 2:
             raise ValueError(f"PCA needs 2-D data (N, features). Received: data.shape={x.shape}")
         n_samples, n_features = x.shape
+        if n_samples == 0:
+            raise ValueError(
+                f"`data` must hold at least one sample. Received: data.shape={x.shape}"
+            )
+        if not np.all(np.isfinite(x)):
+            raise ValueError(
+                "`data` must not contain NaN or inf. Received: data with "
+                f"{int(x.size - np.isfinite(x).sum())} non-finite values"
+            )
         if isinstance(self.n_components, (int, np.integer)):
             if self.n_components > min(n_samples, n_features):
                 raise ValueError(
@@ -499,6 +513,12 @@ class PCA(keras.layers.Layer):
         self.explained_variance.assign(variance[:k].astype(self.explained_variance.dtype))
 
     def call(self, inputs):
+        features = self.mean.shape[0]
+        if inputs.shape[-1] is not None and inputs.shape[-1] != features:
+            raise ValueError(
+                f"PCA layer '{self.name}' was adapted on {features} features; `inputs` must "
+                f"have as many. Received: inputs.shape={tuple(inputs.shape)}"
+            )
         projected = ops.matmul(ops.subtract(inputs, self.mean), self.components)
         if self.whiten:
             projected = projected / ops.sqrt(self.explained_variance)
@@ -539,5 +559,7 @@ def _collect(data, steps):
             if steps is not None and i >= steps:
                 break
             batches.append(batch[0] if isinstance(batch, tuple) else batch)
+        if not batches:
+            raise ValueError(f"`data` yielded no batches. Received: data={data!r}, steps={steps}")
         return np.concatenate(batches).astype("float64")
     return np.asarray(ops.convert_to_numpy(data), dtype="float64")

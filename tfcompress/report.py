@@ -13,7 +13,7 @@ import tempfile
 import keras
 import numpy as np
 
-from tfcompress.export import LiteModel, to_tflite
+from tfcompress.export import LiteModel, input_spec, to_tflite
 
 COLUMNS = (
     ("params", "parameters", "{:,}"),
@@ -48,6 +48,27 @@ def _as_input(x, feature_shape):
     if x.shape[1:] != feature_shape and np.prod(x.shape[1:]) == np.prod(feature_shape):
         x = x.reshape((len(x),) + feature_shape)
     return x
+
+
+def _feature_shape(item):
+    """Per-sample input shape of a model or TFLite file (None: a free dimension, or unknown)."""
+    if isinstance(item, keras.Model):
+        # An unbuilt model is refused by `to_tflite`, with its own message.
+        return tuple(input_spec(item).shape[1:]) if item.built else None
+    signature = LiteModel(item).input_details["shape_signature"][1:]
+    return tuple(None if d < 0 else int(d) for d in signature)
+
+
+def _check_x(name, x, shape):
+    x = np.asarray(x)
+    if None not in shape:
+        x = _as_input(x, shape)
+    if x.ndim != len(shape) + 1 or any(e not in (None, d) for e, d in zip(shape, x.shape[1:])):
+        expected = ", ".join("?" if d is None else str(d) for d in shape)
+        raise ValueError(
+            f"`x` must have shape (N, {expected}) (or as many values per sample) to fit "
+            f"`models[{name!r}]`. Received: x.shape={x.shape}"
+        )
 
 
 def _keras_row(model, x, y, latency_runs):
@@ -178,8 +199,9 @@ def compression_report(models, x=None, y=None, *, latency_runs=100):
 
     Raises:
         ValueError: if `models` is empty or holds something that is neither a
-            Keras model nor a TFLite file, or if `x` is given without `y` or
-            with another number of labels (checked before anything is measured).
+            Keras model nor a TFLite file, or if `x` is given without `y`, with
+            another number of labels, or with a shape that does not fit a
+            model's input (checked before anything is measured).
 
     Example:
         >>> print(compression_report({"float": model, "int8": "m_int8.tflite"}, x_te, y_te))
@@ -201,6 +223,11 @@ def compression_report(models, x=None, y=None, *, latency_runs=100):
                 f"`models[{name!r}]` must be a keras.Model, a .tflite path or bytes. "
                 f"Received: {type(item).__name__}"
             )
+    if x is not None:
+        for name, item in models.items():
+            shape = _feature_shape(item)
+            if shape is not None:
+                _check_x(name, x, shape)
     rows = []
     for name, item in models.items():
         if isinstance(item, keras.Model):

@@ -17,6 +17,7 @@ from tfcompress._serialization import register
 from tfcompress.clustering.kmeans import CentroidInitialization
 from tfcompress.clustering.wrapper import (
     ClusterWeights,
+    check_finite,
     check_options,
     check_size,
     clustered_kernels,
@@ -157,7 +158,8 @@ def cluster_weights(
 
     Raises:
         ValueError: `number_of_clusters` < 2 or larger than a layer's kernel
-            (per channel), an unknown initialisation, a bad selector, an
+            (per channel), a kernel holding NaN or inf, an unknown
+            initialisation, a bad selector, an
             already clustered model, or a subclassed model that cannot be
             copied.
 
@@ -200,6 +202,7 @@ def cluster_weights(
     for layer in everything:
         if select(layer) and layers_registry.kernel_variables(layer, "cluster"):
             check_size(layer, number_of_clusters, cluster_per_channel)
+            check_finite(layer, "to_cluster", to_cluster.name)
     graph = surgery.is_graph_model(to_cluster)
     candidates = list(surgery.graph_layers(to_cluster)) if graph else everything
     if not any(select(layer) and is_clusterable(layer) for layer in candidates):

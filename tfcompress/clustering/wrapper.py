@@ -93,6 +93,17 @@ def check_size(layer, number_of_clusters, per_channel):
             )
 
 
+def check_finite(layer, name, value):
+    """Raises when a kernel of `layer` holds NaN or inf (k-means cannot place them)."""
+    for label, _, weight in clustered_kernels(layer):
+        bad = int(np.size(weight) - np.isfinite(ops.convert_to_numpy(weight)).sum())
+        if bad:
+            raise ValueError(
+                f"Layer '{layer.name}' has {bad} NaN or inf values in `{label}`; clustering "
+                f"needs finite weights. Received: {name}={value}"
+            )
+
+
 def _check_layer_type(layer):
     if not is_clusterable(layer):
         raise ValueError(
@@ -174,6 +185,7 @@ class ClusterWeights(keras.layers.Wrapper):
     def build(self, input_shape=None):
         super().build(input_shape)
         _check_layer_type(self.layer)
+        check_finite(self.layer, "layer", self.layer.name)
         self._kernels = clustered_kernels(self.layer)
         self._centroids, self._masks = [], []
         for label, kernel, weight in self._kernels:

@@ -26,6 +26,7 @@ from tfcompress.distill.features import (
 from tfcompress.distill.losses import batch_mean, resolve_loss, tempered_log_probs
 from tfcompress.distill.outputs import (
     check_output_kind,
+    check_same_input_shape,
     check_same_output_shape,
     check_static_shapes,
 )
@@ -127,7 +128,7 @@ class Distiller(keras.Model):
     Raises:
         ValueError: if a model is not a `keras.Model`, the output kinds are
             unknown or contradict the models' last activations, the teacher's
-            and student's output shapes differ, or a feature layer is missing or
+            and student's input or output shapes differ, or a feature layer is missing or
             has an incompatible shape.
 
     Example:
@@ -187,6 +188,7 @@ class Distiller(keras.Model):
             )
         if teacher is not None:
             check_output_kind(teacher, teacher_output, "teacher")
+            check_same_input_shape(teacher, student)
             check_same_output_shape(teacher, student)
         check_output_kind(student, student_output, "student")
         teacher_features, student_features = feature_outputs(teacher, student, feature_layers)

@@ -73,6 +73,37 @@ def check_same_output_shape(teacher, student):
         )
 
 
+def _input_shapes(model):
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs:
+        return None
+    return [tuple(t.shape[1:]) for t in keras.tree.flatten(inputs)]
+
+
+def _shown(shapes):
+    return shapes[0] if len(shapes) == 1 else shapes
+
+
+def check_same_input_shape(teacher, student):
+    """Raises when teacher and student cannot both take the same `x` (known shapes differ)."""
+    t_shapes, s_shapes = _input_shapes(teacher), _input_shapes(student)
+    if t_shapes is None or s_shapes is None:
+        return
+    compatible = len(t_shapes) == len(s_shapes) and all(
+        len(t) == len(s) and all(a is None or b is None or a == b for a, b in zip(t, s))
+        for t, s in zip(t_shapes, s_shapes)
+    )
+    if not compatible:
+        raise ValueError(
+            "Teacher and student are fed the same `x`, so they must take inputs of the same "
+            f"shape. Received: teacher input shape={_shown(t_shapes)}, "
+            f"student input shape={_shown(s_shapes)}"
+        )
+
+
 def check_static_shapes(teacher_outputs, student_outputs):
     """Raises if two output tensors' known (static) shapes differ."""
     t_shape, s_shape = tuple(teacher_outputs.shape[1:]), tuple(student_outputs.shape[1:])

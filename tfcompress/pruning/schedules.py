@@ -8,6 +8,7 @@ reached exactly whatever `frequency` is, and `begin_step == end_step` means a
 one-shot prune at that step.
 """
 
+import math
 import numbers
 
 import keras
@@ -106,7 +107,8 @@ class PolynomialDecay(PruningSchedule):
 
     Raises:
         ValueError: a sparsity outside [0, 1), `end_step < begin_step`,
-            `frequency < 1`, a negative `begin_step` or a non-positive `power`.
+            `frequency < 1`, a negative `begin_step` or a `power` that is not
+            a finite number > 0.
 
     Example:
         >>> s = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=100, frequency=10)
@@ -124,8 +126,11 @@ class PolynomialDecay(PruningSchedule):
         _check_sparsity("initial_sparsity", initial_sparsity)
         _check_sparsity("final_sparsity", final_sparsity)
         _check_steps(begin_step, end_step, frequency, allow_open_end=False)
-        if not isinstance(power, numbers.Real) or isinstance(power, bool) or power <= 0:
-            raise ValueError(f"`power` must be a number > 0. Received: power={power}")
+        if (
+            not isinstance(power, numbers.Real) or isinstance(power, bool)
+            or not math.isfinite(power) or power <= 0
+        ):
+            raise ValueError(f"`power` must be a finite number > 0. Received: power={power!r}")
         self.initial_sparsity = float(initial_sparsity)
         self.final_sparsity = float(final_sparsity)
         self.begin_step = int(begin_step)

@@ -17,6 +17,8 @@ sampling otherwise) and log-likelihoods are plain functions in
 `tfcompress.rbm.partition`.
 """
 
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -149,22 +151,26 @@ class RBM(keras.layers.Layer):
             )
         if not isinstance(persistent, bool):
             raise ValueError(f"`persistent` must be a bool. Received: persistent={persistent!r}")
-        if seed is not None and not isinstance(seed, int):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        seed = None if seed is None else int(seed)
         if num_chains is not None:
             _check_int(num_chains, "num_chains", 1)
         if cd_loss not in ("auto", True, False):
             raise ValueError(
                 f"`cd_loss` must be 'auto', True or False. Received: cd_loss={cd_loss!r}"
             )
-        if sparsity_target is not None and not 0.0 < sparsity_target < 1.0:
+        if sparsity_target is not None and not (
+            _is_real(sparsity_target) and 0.0 < sparsity_target < 1.0
+        ):
             raise ValueError(
-                "`sparsity_target` must be None or in (0, 1). "
-                f"Received: sparsity_target={sparsity_target}"
+                "`sparsity_target` must be None or a number in (0, 1). "
+                f"Received: sparsity_target={sparsity_target!r}"
             )
-        if not sparsity_cost >= 0.0:
+        if not (_is_real(sparsity_cost) and 0.0 <= sparsity_cost < float("inf")):
             raise ValueError(
-                f"`sparsity_cost` must be >= 0. Received: sparsity_cost={sparsity_cost}"
+                "`sparsity_cost` must be a finite number >= 0. "
+                f"Received: sparsity_cost={sparsity_cost!r}"
             )
         super().__init__(**kwargs)
         self.units = units
@@ -174,8 +180,9 @@ class RBM(keras.layers.Layer):
         self.seed = seed
         self.num_chains = num_chains
         self.cd_loss = cd_loss
-        self.sparsity_target = sparsity_target
-        self.sparsity_cost = sparsity_cost
+        # Plain floats: a NumPy scalar would not serialize in `get_config`.
+        self.sparsity_target = None if sparsity_target is None else float(sparsity_target)
+        self.sparsity_cost = float(sparsity_cost)
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or keras.initializers.RandomNormal(stddev=0.01, seed=seed)
         )
@@ -551,6 +558,10 @@ def _is_concrete(x):
 
 # Every technique finds the RBM's kernel here: pruned, clustered and (QAT) fake-quantized.
 layers_registry.register_layer(RBM, kernels=["kernel"], quantize=True)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_int(value, name, minimum):
