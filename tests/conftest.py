@@ -101,3 +101,22 @@ def feature_models():
     h = keras.layers.Dense(6, activation="relu", name="s_hidden")(inputs)
     student = keras.Model(inputs, keras.layers.Dense(10)(h))
     return teacher, student
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--zoo",
+        action="store_true",
+        help="also run the full keras.applications zoo matrix (tests marked zoo_full)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--zoo"):
+        return
+    kept, deselected = [], []
+    for item in items:
+        (deselected if item.get_closest_marker("zoo_full") else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

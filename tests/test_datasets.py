@@ -38,3 +38,30 @@ def test_split_is_stratified_disjoint_and_seeded():
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=f"Received: {name}="):
         tfc.datasets.load_digits(**kwargs)
+
+
+def test_upscaled_rgb_digits_match_tensorflow_bilinear_resize():
+    import tensorflow as tf
+
+    (x8, y8), _ = tfc.datasets.load_digits(shape="image")
+    (x, y), (xt, _) = tfc.datasets.load_digits(shape="image", size=32, channels=3)
+    assert x.shape == (len(x8), 32, 32, 3) and xt.shape[1:] == (32, 32, 3)
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(y, y8)
+    reference = tf.image.resize(x8, (32, 32), method="bilinear").numpy()
+    np.testing.assert_allclose(x[..., :1], reference, atol=1e-5)
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"shape": "image", "size": 4}, "size"),
+        ({"shape": "image", "size": 32.0}, "size"),
+        ({"shape": "image", "channels": 2}, "channels"),
+        ({"size": 32}, "shape"),
+    ],
+)
+def test_bad_image_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=f"Received: {name}="):
+        tfc.datasets.load_digits(**kwargs)

@@ -526,6 +526,8 @@ def test_layer_opt_out_and_unsupported_layers(digits):
     compile_fit(qat, x[:128], y[:128], epochs=1)
     with pytest.raises(ValueError, match=r"compute in float: \[.*'RSQRT'"):
         tfc.export.to_tflite(qat, quantization="int8", int8_io=True)
+    with pytest.warns(UserWarning, match=r"still computes these ops in float: \[.*'RSQRT'"):
+        tfc.export.to_tflite(qat, quantization="int8")
 
 
 class ScaledDense(L.Dense):
@@ -634,3 +636,88 @@ def test_bad_models():
     bn.build((None, 3))
     with pytest.raises(ValueError, match=r"`bn` normalizes 3 channels .*kernel.shape=\(2, 4\)"):
         tfc.quantization.fold_batch_norm(np.ones((2, 4)), None, bn)
+
+
+def test_standalone_affine_layers_run_as_int8_mul_and_add(digits_image):
+    # EfficientNet's input Rescaling/Normalization, DenseNet's BN-ReLU after a
+    # Concatenate, ResNetV2's BN after an Add: none has a kernel to fold into.
+    (x, y), (x_test, _) = digits_image
+    inputs = keras.Input((8, 8, 1))
+    h = L.Rescaling(1.7, offset=-0.3)(inputs)
+    h = L.Normalization(mean=0.23, variance=0.61)(h)
+    a = L.Conv2D(8, 3, padding="same")(h)
+    b = L.Conv2D(8, 3, padding="same")(h)
+    h = L.Concatenate()([a, b])
+    h = L.BatchNormalization()(h)
+    h = L.ReLU()(h)
+    c = L.Conv2D(16, 3, padding="same", use_bias=False)(h)
+    c = L.BatchNormalization()(c)  # folded into the conv
+    h = L.Add()([c, L.Conv2D(16, 1)(h)])
+    h = L.BatchNormalization()(h)
+    h = L.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, L.Dense(10)(h))
+    model = compile_fit(model, x, y, epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qat = quantize_model(model)
+    affine = [w for w in qat.layers if isinstance(w, QuantizeWrapper) and w.kind is None
+              and isinstance(w.layer, (L.BatchNormalization, L.Rescaling, L.Normalization))]
+    assert len(affine) == 4
+    assert [w.fused_activation for w in affine].count("relu") == 1
+    assert not any(isinstance(layer, L.ReLU) for layer in qat.layers)
+    compile_fit(qat, x, y, epochs=1)
+    agree, lite = agreement(qat, x_test)
+    assert lite.is_fully_int8()
+    assert {"MUL", "ADD", "CONCATENATION"} <= lite.ops()
+    # Not 0.99: an ADD of a constant shifts a whole grid by one fixed fraction of a
+    # step; here that fraction is a half, and TFLite's ADD rounds the ties away from
+    # zero where FakeQuant rounds them up (one step on part of the normalized input).
+    assert agree >= 0.98
+
+
+def test_concatenate_inputs_take_its_range_as_tflite_does(digits_image):
+    # The converter writes a layer read only by a CONCATENATION straight onto the
+    # concatenation's grid; one read elsewhere too keeps its own and is requantized.
+    (x, y), (x_test, _) = digits_image
+
+    def model(second_reader):
+        inputs = keras.Input((8, 8, 1))
+        a = L.Conv2D(8, 3, padding="same", name="a")(inputs)
+        b = L.Conv2D(8, 3, padding="same", activation="relu", name="b")(inputs)
+        c = L.ReLU()(L.Conv2D(8, 3, padding="same", name="c")(inputs))
+        h = L.Conv2D(16, 3, padding="same")(L.Concatenate()([a, b, c]))
+        if second_reader:
+            h = L.Add()([h, L.Conv2D(16, 1)(a)])
+        return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(h)))
+
+    def own_ranges(qat):
+        wrappers = {w.layer.name: w for w in qat.layers if isinstance(w, QuantizeWrapper)}
+        return [wrappers[name].output_quantizer is not None for name in "abc"]
+
+    assert own_ranges(quantize_model(model(True))) == [True, False, False]
+    qat = quantize_model(compile_fit(model(False), x, y, epochs=2))
+    assert own_ranges(qat) == [False, False, False]
+    compile_fit(qat, x, y, epochs=1)
+    agree, lite = agreement(qat, x_test)
+    assert agree == 1.0
+    out = np.abs(lite.predict(x_test) - qat.predict(x_test, verbose=0))
+    assert out.max() <= 2 * lite.output_details["quantization"][0] + 1e-6
+
+
+def test_swish_runs_as_int8_logistic_then_mul(digits_image):
+    # EfficientNet's activation: TFLite rounds the sigmoid onto its 1/256 grid first.
+    (x, y), (x_test, _) = digits_image
+    inputs = keras.Input((8, 8, 1))
+    h = L.Conv2D(16, 3, padding="same")(inputs)
+    h = L.BatchNormalization()(h)
+    h = L.Activation("swish")(h)
+    se = L.GlobalAveragePooling2D(keepdims=True)(h)
+    se = L.Conv2D(16, 1, activation="sigmoid")(se)
+    h = L.Multiply()([h, se])
+    h = L.Conv2D(16, 3, padding="same", activation="silu")(h)
+    model = keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(h)))
+    qat = quantize_model(compile_fit(model, x, y, epochs=3))
+    compile_fit(qat, x, y, epochs=1)
+    agree, lite = agreement(qat, x_test)
+    assert agree == 1.0
+    assert {"LOGISTIC", "MUL"} <= lite.ops()

@@ -1,4 +1,4 @@
-"""Tracing state shared between export and layers that train differently.
+"""Tracing state shared between export, calibration and the layers they run.
 
 While `export.to_tflite` traces a model, layers must build only the
 inference graph: no training-only losses, metric updates or random ops.
@@ -23,3 +23,19 @@ def export_trace():
         yield
     finally:
         _state.exporting = previous
+
+
+def recorder():
+    """The function that `tfc.quantization.calibrate` gives each activation range's
+    input to while it runs the model, or None."""
+    return getattr(_state, "recorder", None)
+
+
+@contextlib.contextmanager
+def recording(function):
+    previous = recorder()
+    _state.recorder = function
+    try:
+        yield
+    finally:
+        _state.recorder = previous

@@ -9,6 +9,7 @@ import contextlib
 import os
 import tempfile
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from tfcompress import _compat
 from tfcompress._tracing import export_trace
+from tfcompress.quantization import calibration as _calibration
 
 try:
     from ai_edge_litert.interpreter import Interpreter as _Interpreter
@@ -25,6 +27,7 @@ except ImportError:  # pragma: no cover - ai-edge-litert is a declared dependenc
 _schema = _compat.tflite_schema()
 
 QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+CALIBRATIONS = ("converter", "minmax", "mse")
 
 # Ops that only move data in or out of the int8 domain at the edges of a model.
 _BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
@@ -82,6 +85,19 @@ def input_spec(model, representative_data=None):
     return tf.TensorSpec((None,) + tuple(shape[1:]), dtype=dtype)
 
 
+def _check_parent(path):
+    # The nearest existing ancestor must be a directory, or the write fails only
+    # after the (slow) conversion.
+    parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(
+            f"`path` lies under {parent!r}, which is a file, not a directory. "
+            f"Received: path={str(path)!r}"
+        )
+
+
 def _validate(model, path, quantization, representative_data, int8_io):
     if quantization not in QUANTIZATIONS:
         raise ValueError(
@@ -90,6 +106,8 @@ def _validate(model, path, quantization, representative_data, int8_io):
         )
     if path is not None and not str(path).endswith(".tflite"):
         raise ValueError(f"`path` must end in '.tflite'. Received: path={str(path)!r}")
+    if path is not None:
+        _check_parent(path)
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model. Received: model={type(model).__name__}")
     if not model.built:
@@ -112,6 +130,12 @@ def _validate(model, path, quantization, representative_data, int8_io):
     spec = input_spec(model, representative_data)
     if representative_data is not None:
         data = np.asarray(representative_data)
+        if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+            raise ValueError(
+                "`representative_data` must be a numeric array. Received: "
+                f"representative_data of type {type(representative_data).__name__} "
+                f"(dtype {data.dtype})"
+            )
         expected = tuple(spec.shape[1:])  # None: a dimension of free length
         if data.ndim != len(spec.shape) or any(
             e not in (None, d) for e, d in zip(expected, data.shape[1:])
@@ -238,6 +262,7 @@ def to_tflite(
     representative_data=None,
     int8_io=False,
     per_channel_dense=False,
+    calibration="converter",
 ):
     """Converts a Keras 3 model to a TFLite flatbuffer, optionally quantized.
 
@@ -261,14 +286,22 @@ def to_tflite(
             kernels per output unit instead of per tensor. Convolutions are
             always per channel. Off by default: on the digits MLP per-channel
             costs 17% more file size for the same accuracy.
+        calibration: how `"int8"` sets activation ranges from
+            `representative_data`: `"converter"` (the TFLite converter's
+            min/max calibration), or `"minmax"`/`"mse"` through
+            `tfc.quantization.calibrate` (tfcompress' fake-quantized graph:
+            `"mse"` picks each range for the least rounding-plus-clipping
+            error, and agrees better with the float model on CNNs; see
+            BENCHMARKS.md). Ignored for quantization-aware models.
 
     Returns:
         The TFLite flatbuffer as `bytes`.
 
     Raises:
         ValueError: for an unknown `quantization`, `"int8"` without
-            calibration data, calibration data of the wrong shape, a path
-            not ending in `.tflite`, an unbuilt model, or `int8_io=True` on a
+            calibration data, calibration data that is not numeric or of the
+            wrong shape, a path not ending in `.tflite` or lying under an
+            existing file, an unbuilt model, or `int8_io=True` on a
             file whose compute ops are not all int8 (the ops are named).
 
     Example:
@@ -278,6 +311,12 @@ def to_tflite(
         True
     """
     spec, qat = _validate(model, path, quantization, representative_data, int8_io)
+    if calibration not in CALIBRATIONS:
+        raise ValueError(
+            f"`calibration` must be one of {CALIBRATIONS}. Received: calibration={calibration!r}"
+        )
+    if quantization == "int8" and not qat and calibration != "converter":
+        model, qat = _calibration.calibrate(model, representative_data, method=calibration), True
     blob = _convert(
         model,
         spec,
@@ -286,8 +325,15 @@ def to_tflite(
             spec.dtype.as_numpy_dtype,
         ),
     )
+    float_ops = LiteModel(blob).float_ops() if quantization == "int8" else set()
+    if float_ops and not int8_io:
+        warnings.warn(
+            f"The int8 file still computes these ops in float: {sorted(float_ops)} "
+            "(TFLite has no int8 kernel for them here, or their layers were left float). "
+            "`LiteModel(blob).float_ops()` lists them.",
+            stacklevel=2,
+        )
     if int8_io:
-        float_ops = LiteModel(blob).float_ops()
         if float_ops:
             raise ValueError(
                 "`int8_io=True` asks for a fully int8 model, but these ops still compute in "
@@ -312,7 +358,10 @@ class LiteModel:
         num_threads: interpreter threads (None lets LiteRT choose).
 
     Raises:
-        ValueError: if the file is missing, empty or not a TFLite flatbuffer.
+        ValueError: if `model` is neither a path nor bytes, the file is missing,
+            empty or not a TFLite flatbuffer, or `num_threads` is not None or
+            an integer >= -1. `predict` refuses empty input, and non-finite
+            input to a file that quantizes its input.
 
     Example:
         >>> lite = LiteModel("saved_models/mlp_int8.tflite")
@@ -321,6 +370,19 @@ class LiteModel:
     """
 
     def __init__(self, model, num_threads=None):
+        if not isinstance(model, (bytes, bytearray, str, os.PathLike)):
+            raise ValueError(
+                "`model` must be the path of a .tflite file or its bytes. "
+                f"Received: model={model!r}"
+            )
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
+            or num_threads < -1
+        ):
+            raise ValueError(
+                "`num_threads` must be None or an integer >= -1 (-1 lets LiteRT choose). "
+                f"Received: num_threads={num_threads!r}"
+            )
         if isinstance(model, (bytes, bytearray)):
             blob, source = bytes(model), "<bytes>"
         else:
@@ -338,7 +400,9 @@ class LiteModel:
         self.num_threads = num_threads
         self.content = blob
         try:
-            self._interpreter = _Interpreter(model_content=blob, num_threads=num_threads)
+            self._interpreter = _Interpreter(
+                model_content=blob, num_threads=None if num_threads is None else int(num_threads)
+            )
             self._interpreter.allocate_tensors()
             self._flat = _schema.ModelT.InitFromPackedBuf(blob, 0)
         except (ValueError, RuntimeError) as e:
@@ -418,7 +482,22 @@ class LiteModel:
                 f"`x` must have shape (N, {', '.join(map(str, expected))}) for this model. "
                 f"Received: x.shape={x.shape}"
             )
+        if len(x) == 0:
+            raise ValueError(f"`x` must hold at least one sample. Received: x.shape={x.shape}")
+        if self._quantizes_input() and not np.all(np.isfinite(x)):
+            raise ValueError(
+                "`x` must be finite: this file quantizes its input, and NaN/inf would be "
+                "quantized to plausible values. Received: x with "
+                f"{int(x.size - np.isfinite(x).sum())} non-finite values"
+            )
         return x
+
+    def _quantizes_input(self):
+        """True when the input is int8 (with a scale) or fed straight to a QUANTIZE op."""
+        if self.input_details["quantization"][0]:
+            return True
+        tensor = self._flat.subgraphs[0].tensors[self.input_details["index"]]
+        return any(name == "QUANTIZE" and ts[0] is tensor for name, ts in self._op_tensors())
 
     def _resize(self, shape):
         # The whole shape, not only the batch: dimensions of free length (-1 in the
@@ -475,7 +554,17 @@ class LiteModel:
             x: one input sample batch of shape (1, ...); random if None.
             runs: timed runs.
             warmup: untimed runs first.
+
+        Raises:
+            ValueError: for `runs` < 1, `warmup` < 0 or an `x` this file cannot take.
         """
+        for name, value, minimum in (("runs", runs, 1), ("warmup", warmup, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+                value < minimum
+            ):
+                raise ValueError(
+                    f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
+                )
         shape = [1, *self.input_details["shape"][1:]]
         if x is None:
             x = np.random.default_rng(0).random(shape, dtype=np.float32)

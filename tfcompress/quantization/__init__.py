@@ -1,13 +1,16 @@
-"""Quantization-aware training (QAT) for Keras 3 with fully int8 TFLite export.
+"""Quantization-aware training (QAT) and calibration for Keras 3, exported fully int8.
 
 ```python
 qat = tfc.quantization.quantize_model(model)
 qat.compile(...); qat.fit(x, y, epochs=3)
 blob = tfc.export.to_tflite(qat, "qat.tflite", quantization="int8", int8_io=True)
+
+ptq = tfc.quantization.calibrate(model, x_train[:300])  # post-training, no fit
 ```
 """
 
 from tfcompress.quantization import quantizers
+from tfcompress.quantization.calibration import calibrate
 from tfcompress.quantization.config import QuantizeConfig
 from tfcompress.quantization.folding import fold_batch_norm
 from tfcompress.quantization.layers import ActivationQuantizer, QuantizeWrapper
@@ -23,6 +26,7 @@ __all__ = [
     "QuantizeConfig",
     "QuantizeWrapper",
     "QuantizedModel",
+    "calibrate",
     "fold_batch_norm",
     "fold_batch_norms",
     "is_quantized",

@@ -119,6 +119,10 @@ class ActivationQuantizer(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
+        record = _tracing.recorder()
+        if record is not None and self.fixed_range is None:
+            record(self, ops.convert_to_numpy(inputs))  # calibration: values pass unrounded
+            return inputs
         if self.fixed_range is not None:
             lo, hi = self.fixed_range
         elif training:
@@ -173,6 +177,10 @@ class QuantizeWrapper(keras.layers.Layer):
     after a dilated convolution, which TFLite cannot fuse); other
     activations get a range before and after them. Layers without weights
     (Add, Concatenate, activations, global average pooling) get an output range.
+    Affine layers (a BatchNormalization with no kernel to fold into, Rescaling,
+    Normalization) compute ``x * scale + offset`` as TFLite's int8 MUL and ADD
+    do: the constants on their own int8 grids and a range after each op;
+    BatchNorm's moving statistics stay frozen, `gamma` and `beta` train.
 
     Where the range of the input is known (the quantizer before it in a
     Functional graph, through pooling/reshape-like layers, or the wrapper's
@@ -207,6 +215,11 @@ class QuantizeWrapper(keras.layers.Layer):
         cluster_shapes: shapes of the centroids, one per kernel; `None`
             derives them from the kernels when built (it is stored in the
             config so that a `.keras` file re-creates the same variables).
+        fused_activation: `"relu"` or `"relu6"` applied after an affine layer
+            (below) before its output range, as TFLite fuses it into the ADD/MUL.
+        output_range: False leaves the output without a range of its own: its
+            only reader (a Concatenate) gives the range, as TFLite writes such
+            an output straight onto the CONCATENATION's grid.
         **kwargs: base `Layer` arguments.
 
     Raises:
@@ -226,13 +239,21 @@ class QuantizeWrapper(keras.layers.Layer):
     tfc_fake_quant = True
 
     def __init__(
-        self, layer, quantize_config=None, quantize_inputs=False, cluster_shapes=None, **kwargs
+        self,
+        layer,
+        quantize_config=None,
+        quantize_inputs=False,
+        cluster_shapes=None,
+        fused_activation=None,
+        output_range=True,
+        **kwargs,
     ):
         if not isinstance(layer, keras.layers.Layer) or registry.role(layer) not in (
             "weighted",
             "merge",
             "activation",
             "ranged",
+            "affine",
         ):
             raise ValueError(f"QuantizeWrapper cannot quantize this layer. Received: layer={layer}")
         if quantize_config is not None and not isinstance(quantize_config, QuantizeConfig):
@@ -248,6 +269,8 @@ class QuantizeWrapper(keras.layers.Layer):
         self.layer = layer
         self.quantize_config = quantize_config or QuantizeConfig()
         self.quantize_inputs = bool(quantize_inputs)
+        self.fused_activation = fused_activation
+        self.output_range = bool(output_range)
         self.cluster_shapes = (
             None if cluster_shapes is None else [tuple(int(d) for d in s) for s in cluster_shapes]
         )
@@ -278,12 +301,26 @@ class QuantizeWrapper(keras.layers.Layer):
         )
         pre = self.kind is not None and not registry.fuses_activation(self.layer)
         self.pre_activation_quantizer = self._quantizer("pre_activation", decay) if pre else None
+        # An affine layer runs as MUL then ADD in TFLite: the product has a range.
+        affine = registry.role(self.layer) == "affine" and all(
+            part is not None for part in registry.affine_parts(self.layer, len(input_shape))
+        )
         self.intermediate_quantizer = (
             self._quantizer("intermediate", decay)
-            if self.kind is not None and self.kind.separable
+            if (self.kind is not None and self.kind.separable) or affine
             else None
         )
-        self.output_quantizer = self._quantizer("output", decay, registry.output_range(self.layer))
+        fixed = registry.output_range(self.layer)
+        plain = self.kind is not None or registry.role(self.layer) in ("merge", "affine")
+        if not self.output_range and (fixed is not None or not plain):
+            raise ValueError(
+                "`output_range=False` is for a layer whose output TFLite writes straight onto "
+                "its consumer's grid (a kernel, merge or affine layer with no fixed output "
+                f"range). Received: output_range=False for layer {self.layer.name!r}"
+            )
+        self.output_quantizer = (
+            self._quantizer("output", decay, fixed) if self.output_range else None
+        )
         for attr in self.kind.unused if self.kind is not None else ():
             getattr(self.layer, attr).trainable = False
         self.kernel_masks = []
@@ -388,13 +425,20 @@ class QuantizeWrapper(keras.layers.Layer):
         # Inference follows TFLite's integer arithmetic where the input's scale
         # is known. Training keeps the float maths (a fraction of a step apart,
         # and cheaper), and so does export: the converter does that arithmetic.
-        integer = not training and not _tracing.exporting()
+        integer = not training and not _tracing.exporting() and _tracing.recorder() is None
         if integer and source is None and self._uses_input_scale():
             source = self._graph_input_range()
         if not integer:
             source = None
+        if self.kind is None and registry.role(self.layer) == "affine":
+            return self._affine(inputs, training)
         if self.kind is None:
-            y = self.layer(inputs, training=training)
+            if _is_swish(registry.activation_name(self.layer)):
+                y = _swish(inputs)
+            else:
+                y = self.layer(inputs, training=training)
+            if self.output_quantizer is None:
+                return y
             out = self.output_quantizer(y, training=training)
             if source is not None and registry.activation_name(self.layer) == "hard_silu":
                 # TFLite's HARD_SWISH rounds a few values per layer the other way.
@@ -415,8 +459,34 @@ class QuantizeWrapper(keras.layers.Layer):
         y = self._round_bias(y, source)
         if self.pre_activation_quantizer is not None:
             y = self.pre_activation_quantizer(y, training=training)
-        y = registry.activation_fn(self.layer)(y)
+        if _is_swish(registry.activation_name(self.layer)):
+            y = _swish(y)
+        else:
+            y = registry.activation_fn(self.layer)(y)
+        return self._output(y, training)
+
+    def _output(self, y, training):
+        if self.output_quantizer is None:
+            return y  # its consumer (a Concatenate) gives the range
         return self.output_quantizer(y, training=training)
+
+    def _affine(self, x, training):
+        """``x * scale + offset`` as TFLite's int8 MUL and ADD run it: constants on
+        their own int8 grids, a range after each op (the ADD's fused with a
+        following ReLU/ReLU6)."""
+        scale, offset = registry.affine_parts(self.layer, len(x.shape))
+        y = x
+        if scale is not None:
+            y = y * _constant_on_grid(scale)
+            if offset is not None:
+                y = self.intermediate_quantizer(y, training=training)
+        if offset is not None:
+            y = y + _constant_on_grid(offset)
+        if self.fused_activation == "relu":
+            y = ops.relu(y)
+        elif self.fused_activation == "relu6":
+            y = ops.relu6(y)
+        return self._output(y, training)
 
     def _uses_input_scale(self):
         if self.kind is None:
@@ -485,6 +555,10 @@ class QuantizeWrapper(keras.layers.Layer):
             "quantize_config": keras.saving.serialize_keras_object(self.quantize_config),
             "quantize_inputs": self.quantize_inputs,
         }
+        if self.fused_activation is not None:
+            config["fused_activation"] = self.fused_activation
+        if not self.output_range:
+            config["output_range"] = False
         if self.cluster_shapes is not None:
             config["cluster_shapes"] = [list(shape) for shape in self.cluster_shapes]
         return {**super().get_config(), **config}
@@ -495,6 +569,27 @@ class QuantizeWrapper(keras.layers.Layer):
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         config["quantize_config"] = keras.saving.deserialize_keras_object(config["quantize_config"])
         return cls(**config)
+
+
+def _is_swish(name):
+    return name in ("silu", "swish")
+
+
+def _swish(x):
+    """``x * sigmoid(x)`` as TFLite runs it in int8: LOGISTIC onto its fixed
+    1/256 grid, then MUL."""
+    gate = quantizers.fake_quant(ops.sigmoid(x), *quantizers.FIXED_OUTPUT_RANGES["sigmoid"])
+    return x * gate
+
+
+def _constant_on_grid(value):
+    """A constant operand on the asymmetric int8 grid of its own range (with 0),
+    as the converter stores it."""
+    value = ops.cast(value, "float32")
+    lo = ops.minimum(ops.min(value), 0.0)
+    hi = ops.maximum(ops.max(value), 0.0)
+    hi = ops.maximum(hi, lo + 1e-8)
+    return quantizers.fake_quant(value, lo, hi)
 
 
 def _range_pair(value):

@@ -291,6 +291,10 @@ def _sole_consumer(layer, model_output_ids):
     return node.operation
 
 
+# Layers without a kernel that QAT wraps to give their output an int8 range.
+_WRAPPED_ROLES = ("merge", "activation", "ranged", "affine")
+
+
 class _GraphRewriter:
     """Rebuilds a Sequential/Functional model with quantized (or folded) layers."""
 
@@ -331,13 +335,16 @@ class _GraphRewriter:
             opted_out = config is not None and config.mode == "float"
             if role == "weighted":
                 self._plan_weighted(layer, layer_configs, preserve, output_ids)
-            elif role in ("merge", "activation", "ranged") and self.quantize and not opted_out:
+            elif role in _WRAPPED_ROLES and self.quantize and not opted_out:
                 self.plan[id(layer)] = ("wrap", config or QuantizeConfig())
             else:
                 self.plan[id(layer)] = ("copy",)
                 if self.quantize and role != "pass":
                     (self.opted_out if opted_out else self.float_names).append(layer.name)
+        if self.quantize:
+            self._plan_affine_relus(output_ids)
         self.fused_ops = self._plan_fused_relus(output_ids) if self.quantize else set()
+        self.concat_fed = self._plan_concat_inputs(output_ids) if self.quantize else set()
         # {id(last node): id(product node)} of each `x * relu6(x + 3) / 6` chain.
         self.hard_swish = self._plan_hard_swish() if self.quantize else {}
         self.hard_swish_products = {v: k for k, v in self.hard_swish.items()}
@@ -349,6 +356,75 @@ class _GraphRewriter:
         while nxt is not None and id(nxt) in self.pass_ids:
             nxt = _sole_consumer(nxt, output_ids)
         return nxt
+
+    def _plan_affine_relus(self, output_ids):
+        """A ReLU/ReLU6 after a quantized affine layer (BatchNormalization that
+        follows no kernel, Rescaling, Normalization) fuses into its ADD or MUL."""
+        for layer in self.model.layers:
+            action = self.plan.get(id(layer), ("",))
+            if action[0] != "wrap" or registry.role(layer) != "affine":
+                continue
+            nxt = self._next(layer, output_ids)
+            name = registry.fused_relu_name(nxt) if nxt is not None else None
+            if name is None:
+                continue
+            if isinstance(nxt, keras.layers.Layer) and self.plan.get(id(nxt), ("",))[0] != "wrap":
+                continue  # a ReLU left float stays apart
+            self.plan[id(layer)] = (*action, name)
+            self.plan[id(nxt)] = ("absorbed",)
+
+    def _plan_concat_inputs(self, output_ids):  # noqa: C901
+        """Ids of the quantized layers whose output only a quantized Concatenate reads.
+
+        TFLite's CONCATENATION takes its inputs on its own output grid: such a
+        layer requantizes its result straight onto that grid (one rounding),
+        so the QAT graph gives it no range of its own either.
+        """
+        fed = set()
+        for node in _compat.graph_nodes(self.model):
+            concat = node.operation
+            if not isinstance(concat, keras.layers.Concatenate):
+                continue
+            if self.plan.get(id(concat), ("",))[0] != "wrap":
+                continue
+            tensors = list(node.input_tensors)
+            for tensor in tensors:
+                history = _compat.keras_history(tensor)
+                if history is None or id(tensor) in output_ids:
+                    continue
+                last = history[0]  # the concat must be the only reader of `tensor`
+                if len(_compat.outbound_nodes(last)) != 1 or len(_compat.inbound_nodes(last)) != 1:
+                    continue
+                if sum(t is tensor for t in tensors) != 1:
+                    continue
+                producer = self._ranged_producer(tensor)
+                if producer is not None:
+                    fed.add(id(producer))
+        return fed
+
+    def _ranged_producer(self, tensor):
+        """The quantized layer that gives `tensor` its range (looking through
+        absorbed ReLUs), if it may hand that range to its consumer; else None."""
+        while True:
+            history = _compat.keras_history(tensor)
+            if history is None:
+                return None
+            producer = history[0]
+            action = self.plan.get(id(producer), ("",))
+            if action[0] != "absorbed":
+                break
+            node = _compat.inbound_nodes(producer)[history[1]]
+            tensor = list(node.input_tensors)[0]
+        if not isinstance(producer, keras.layers.Layer):
+            return None
+        if len(_compat.inbound_nodes(producer)) != 1:
+            return None
+        if action[0] == "weighted" and action[1] is not None:
+            return producer if registry.output_range(producer) is None else None
+        if action[0] == "wrap" and registry.role(producer) in ("merge", "affine"):
+            fixed = registry.output_range(producer) is not None
+            return None if fixed or id(producer) in self.fused_ops else producer
+        return None
 
     def _plan_fused_relus(self, output_ids):
         """Ids of the ADD/SUB/MUL nodes whose only consumer is a quantized ReLU/ReLU6.
@@ -512,14 +588,20 @@ class _GraphRewriter:
             out = self._copy(layer)(inputs, *args[1:], **kwargs)
             self.fused_ids.add(id(out))
             return out
+        own_range = id(layer) not in self.concat_fed
         if id(layer) not in self.copies:
             if action[0] == "weighted":
                 copy = _copy_layer(layer, bn=action[2], activation=action[3])
-                self.copies[id(layer)] = _checked(QuantizeWrapper(copy, action[1]))
+                self.copies[id(layer)] = _checked(
+                    QuantizeWrapper(copy, action[1], output_range=own_range)
+                )
             else:
-                self.copies[id(layer)] = QuantizeWrapper(_copy_layer(layer), action[1])
+                fused = action[2] if len(action) > 2 else None
+                self.copies[id(layer)] = QuantizeWrapper(
+                    _copy_layer(layer), action[1], fused_activation=fused, output_range=own_range
+                )
         out = self.copies[id(layer)](inputs)
-        self.quantized_ids.add(id(out))
+        (self.quantized_ids if own_range else self.fused_ids).add(id(out))
         return out
 
     def _copy(self, layer, bn=None, activation=None, call=None):
@@ -709,7 +791,7 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
         if config.mode == "float":
             opted_out.append(layer.name)
             continue
-        if role in (None, "batchnorm"):
+        if role is None:
             unsupported.append(layer.name)
             continue
         if role == "pass":

@@ -15,6 +15,7 @@ Four roles:
 import dataclasses
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfcompress import _compat, layers_registry
@@ -263,6 +264,14 @@ PASS_THROUGH_LAYERS = (
     keras.layers.Identity,
 )
 
+# Layers computing `x * scale + offset` at inference (per channel or scalar):
+# TFLite runs them as int8 MUL and ADD with constant operands.
+AFFINE_LAYERS = (
+    keras.layers.BatchNormalization,
+    keras.layers.Rescaling,
+    keras.layers.Normalization,
+)
+
 # Global average pooling lowers to TFLite MEAN, which rescales: give it a range.
 RANGED_LAYERS = (
     keras.layers.GlobalAveragePooling1D,
@@ -388,7 +397,7 @@ def weighted_kind(layer):
 
 
 def role(layer):
-    """One of "weighted", "merge", "activation", "ranged", "pass", "batchnorm", None."""
+    """One of "weighted", "merge", "activation", "ranged", "affine", "pass", None."""
     if weighted_kind(layer) is not None:
         return "weighted"
     if isinstance(layer, MERGE_LAYERS):
@@ -399,9 +408,45 @@ def role(layer):
         return "ranged"
     if isinstance(layer, PASS_THROUGH_LAYERS):
         return "pass"
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return "batchnorm"
+    if isinstance(layer, AFFINE_LAYERS) and _plain_affine(layer):
+        return "affine"
     return None
+
+
+def _plain_affine(layer):
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return not getattr(layer, "renorm", False) and not getattr(layer, "synchronized", False)
+    if isinstance(layer, keras.layers.Rescaling):
+        return np.ndim(layer.scale) == 0 and np.ndim(layer.offset) == 0
+    return True
+
+
+def affine_parts(layer, rank):
+    """``(scale, offset)`` with ``layer(x) == x * scale + offset`` at inference.
+
+    Either may be None (a factor of 1, an offset of 0: no TFLite op). Per-channel
+    values come shaped to broadcast against inputs of `rank` dimensions; they are
+    computed from the layer's variables, so a BatchNormalization's `gamma` and
+    `beta` still train (its moving statistics stay frozen).
+    """
+    if isinstance(layer, keras.layers.Rescaling):
+        scale, offset = float(layer.scale), float(layer.offset)
+        return (None if scale == 1.0 else scale), (None if offset == 0.0 else offset)
+    if isinstance(layer, keras.layers.Normalization):
+        std = ops.maximum(ops.sqrt(layer.variance), keras.config.epsilon())
+        mean = ops.cast(layer.mean, "float32")
+        if layer.invert:
+            return std, mean
+        return 1.0 / std, -mean / std
+    axis = layer.axis if layer.axis >= 0 else rank + layer.axis
+    shape = [1] * rank
+    shape[axis] = -1
+    inv = ops.rsqrt(ops.cast(layer.moving_variance, "float32") + layer.epsilon)
+    scale = inv * layer.gamma if layer.scale else inv
+    offset = -ops.cast(layer.moving_mean, "float32") * scale
+    if layer.center:
+        offset = offset + layer.beta
+    return ops.reshape(scale, shape), ops.reshape(offset, shape)
 
 
 def activation_name(layer):

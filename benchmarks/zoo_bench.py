@@ -1,0 +1,364 @@
+"""The Keras CNN zoo through every technique, each file checked against its Keras model.
+
+Run: `nice -n 10 python benchmarks/zoo_bench.py [--models mobilenetv2 resnet50 ...]`
+(all models: about 2 hours on 2 cores; `--quick`: MobileNetV2 only, fewer epochs).
+
+For each `keras.applications` model (random init, trained on the bundled digits
+upscaled to 32x32 RGB) it prints one row per technique:
+
+- `works`: the technique ran and its TFLite file loads; otherwise the error;
+- `int8`: the file is fully int8 (no float compute op), and the float ops left;
+- `agree`: argmax agreement of the file with the Keras model it was exported
+  from (the compressed Keras model; for PTQ, the float model);
+- `acc`: test accuracy of the float Keras model and of the file;
+- `bytes` and `ms`: file size and LiteRT single-image latency at 1 thread.
+
+Techniques (fine-tuned with Adam and a cosine decay): float file, dynamic range,
+float16, int8 PTQ with the converter's calibration and with
+`calibration="mse"`, QAT (3 epochs), magnitude pruning to 50% (6 epochs),
+`prune_units(0.5)` (15 epochs; latency also at 96x96 input, where compute
+outweighs the interpreter's fixed cost), clustering to 16 values per kernel
+(3 epochs), `low_rank(energy=0.9)` (3 epochs).
+With `--tfmot`, tfmot's QAT and pruning are tried on the same architectures in
+legacy Keras (tf_keras, a subprocess) and reported as the anchor column.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import traceback
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tfcompress as tfc  # noqa: E402
+from tfcompress.export import LiteModel, to_tflite  # noqa: E402
+
+SIZE = 32
+# model: (builder arguments, float epochs, inputs in 0..255 (the model rescales))
+MODELS = {
+    "MobileNet": (dict(alpha=0.25), 25, False),
+    "MobileNetV2": (dict(alpha=0.35), 25, False),
+    "MobileNetV3Small": (dict(alpha=0.75), 25, True),
+    "MobileNetV3Large": (dict(alpha=0.75), 25, True),
+    "EfficientNetB0": ({}, 25, True),
+    "EfficientNetV2B0": ({}, 25, True),
+    "ResNet50": ({}, 15, False),
+    "ResNet50V2": ({}, 15, False),
+    "DenseNet121": ({}, 15, False),
+    "ConvNeXtTiny": ({}, 15, True),
+    "Conv1D": (None, 30, False),  # a sensor-style 1-D CNN on the digits' 8 rows as a sequence
+}
+TECHNIQUES = (
+    "float",
+    "dynamic",
+    "float16",
+    "int8 ptq",
+    "int8 ptq mse",
+    "qat",
+    "prune 50%",
+    "prune_units 0.5",
+    "cluster 16",
+    "low_rank 0.9",
+)
+
+
+def conv1d_net():
+    L = keras.layers
+    inputs = keras.Input((8, 8))
+    x = inputs
+    for filters in (32, 64, 64):
+        x = L.Conv1D(filters, 3, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        x = L.ReLU()(x)
+    x = L.SeparableConv1D(64, 3, padding="same", activation="relu")(x)
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, L.Dense(10, activation="softmax")(x), name="conv1d")
+
+
+def build(name, size=SIZE):
+    kwargs, _, _ = MODELS[name]
+    keras.utils.set_random_seed(0)
+    if name == "Conv1D":
+        model = conv1d_net()
+    else:
+        model = getattr(keras.applications, name)(
+            weights=None, input_shape=(size, size, 3), classes=10, **kwargs
+        )
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9  # moving statistics that settle within a short run
+    return model
+
+
+def data(name):
+    if name == "Conv1D":
+        (x, y), (xt, yt) = tfc.datasets.load_digits()
+        return (x.reshape(-1, 8, 8), y), (xt.reshape(-1, 8, 8), yt)
+    (x, y), (xt, yt) = tfc.datasets.load_digits(shape="image", size=SIZE, channels=3)
+    scale = 255.0 if MODELS[name][2] else 1.0
+    return (x * scale, y), (xt * scale, yt)
+
+
+def fit(model, x, y, epochs, lr, callbacks=()):
+    steps = epochs * -(-len(x) // 32)
+    schedule = keras.optimizers.schedules.CosineDecay(lr, max(steps, 1))
+    model.compile(
+        keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=list(callbacks))
+    return model
+
+
+def check(keras_model, blob, xt, yt, row):
+    lite = LiteModel(blob, num_threads=1)
+    ref = keras_model.predict(xt, verbose=0)
+    out = lite.predict(xt)
+    row.update(
+        works=True,
+        fully_int8=lite.is_fully_int8(),
+        float_ops=sorted(lite.float_ops()),
+        agree=float(np.mean(out.argmax(-1) == ref.argmax(-1))),
+        max_err=float(np.abs(out - ref).max()),
+        keras_acc=float(np.mean(ref.argmax(-1) == yt)),
+        file_acc=float(np.mean(out.argmax(-1) == yt)),
+        bytes=len(blob),
+        ms=1e3 * lite.latency(runs=50, warmup=5),
+    )
+    return row
+
+
+def technique(name, tech, model, train, test, quick=False):
+    """One row: `tech` applied to the trained `model`, fine-tuned, exported and checked.
+
+    `quick=True` (the tests) fine-tunes one epoch and skips the 96x96 latency
+    comparison of `prune_units`: agreement of the file is checked, not recovery.
+    """
+    (x, y), (xt, yt) = train, test
+
+    def epochs(n):
+        return 1 if quick else n
+
+    row = {"model": name, "technique": tech}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if tech in ("float", "dynamic", "float16"):
+            quantization = None if tech == "float" else tech
+            check(model, to_tflite(model, quantization=quantization), xt, yt, row)
+        elif tech.startswith("int8 ptq"):
+            calibration = "mse" if tech.endswith("mse") else "converter"
+            blob = to_tflite(
+                model, quantization="int8", representative_data=x[:300], calibration=calibration
+            )
+            check(model, blob, xt, yt, row)
+        elif tech == "qat":
+            qat = fit(tfc.quantization.quantize_model(model), x, y, epochs(3), 1e-4)
+            blob = to_tflite(qat, quantization="int8")
+            check(qat, blob, xt, yt, row)
+            # In steps of the int8 softmax output (scale 1/256): every model here ends in one.
+            errors = np.abs(LiteModel(blob).predict(xt) - qat.predict(xt, verbose=0)).max(-1)
+            row["max_err_steps"] = float(errors.max() * 256)
+            row["p99_err_steps"] = float(np.percentile(errors, 99) * 256)
+        elif tech == "prune 50%":
+            pruned = tfc.pruning.prune_low_magnitude(
+                model, tfc.pruning.PolynomialDecay(0.0, 0.5, 0, 45 * epochs(3), frequency=5)
+            )
+            fit(pruned, x, y, epochs(6), 5e-4)
+            stripped = tfc.pruning.strip_pruning(pruned)
+            check(stripped, to_tflite(stripped), xt, yt, row)
+            per_weight = tfc.pruning.get_sparsity(stripped).values()
+            row["sparsity"], row["sparsity_max"] = min(per_weight), max(per_weight)
+        elif tech == "prune_units 0.5":
+            smaller = fit(tfc.pruning.prune_units(model, 0.5), x, y, epochs(15), 2e-3)
+            check(smaller, to_tflite(smaller), xt, yt, row)
+            row["params_ratio"] = smaller.count_params() / model.count_params()
+            if not quick and name != "Conv1D":
+                row.update(unit_speedups(name, model, smaller))
+        elif tech == "cluster 16":
+            clustered = fit(tfc.clustering.cluster_weights(model, 16), x, y, epochs(3), 1e-4)
+            stripped = tfc.clustering.strip_clustering(clustered)
+            check(stripped, to_tflite(stripped), xt, yt, row)
+        elif tech == "low_rank 0.9":
+            factored = fit(tfc.factorization.low_rank(model, energy=0.9), x, y, epochs(3), 3e-4)
+            check(factored, to_tflite(factored), xt, yt, row)
+            row["params_ratio"] = factored.count_params() / model.count_params()
+    row["warnings"] = sorted(
+        {
+            str(w.message)[:160]
+            for w in caught
+            if "tfcompress" in (w.filename or "") or w.category is UserWarning
+        }
+    )
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def unit_speedups(name, model, smaller, size=96, rounds=5):
+    """LiteRT latency of the float file at 1 thread, full vs unit-pruned, at 96x96:
+    best of `rounds` interleaved measurements each."""
+    big = build(name, size)
+    big.set_weights(model.get_weights())
+    small = tfc.pruning.prune_units(big, 0.5)
+    files = [LiteModel(to_tflite(m), num_threads=1) for m in (big, small)]
+    best = [np.inf, np.inf]
+    for _ in range(rounds):
+        for i, lite in enumerate(files):
+            best[i] = min(best[i], lite.latency(runs=30, warmup=5))
+    return {
+        "ms_96_full": 1e3 * best[0],
+        "ms_96_units": 1e3 * best[1],
+        "speedup_96": best[0] / best[1],
+    }
+
+
+TFMOT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np, tf_keras as keras, tensorflow_model_optimization as tfmot
+    import tensorflow as tf
+    name, kwargs, size = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3),
+                                              classes=10, **kwargs)
+    out = {}
+    for tech in ("qat", "prune"):
+        try:
+            if tech == "qat":
+                m = tfmot.quantization.keras.quantize_model(model)
+            else:
+                m = tfmot.sparsity.keras.prune_low_magnitude(
+                    model, pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.5, 0))
+                m = tfmot.sparsity.keras.strip_pruning(m)
+            c = tf.lite.TFLiteConverter.from_keras_model(m)
+            if tech == "qat":
+                c.optimizations = [tf.lite.Optimize.DEFAULT]
+            c.convert()
+            out[tech] = "converts"
+        except Exception as e:
+            out[tech] = "fails: " + f"{type(e).__name__}: {e}".splitlines()[0][:120]
+    print(json.dumps(out))
+""")
+
+
+def tfmot_anchor(name):
+    kwargs = MODELS[name][0]
+    if kwargs is None:
+        return {}
+    proc = subprocess.run(
+        [sys.executable, "-c", TFMOT, name, json.dumps(kwargs), str(SIZE)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return {"qat": "no result", "prune": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(lines[-1])
+
+
+def trained(name, epochs=None):
+    """The model trained on the upscaled digits, its data and its test accuracy."""
+    train, test = data(name)
+    model = fit(build(name), *train, epochs or MODELS[name][1], 2e-3)
+    return model, train, test, float(model.evaluate(*test, verbose=0)[1])
+
+
+def run_model(name, techniques, epochs, tfmot):
+    t0 = time.perf_counter()
+    model, train, test, float_acc = trained(name, epochs)
+    print(
+        f"# {name}: {model.count_params():,} parameters, float accuracy {float_acc:.4f} "
+        f"after {time.perf_counter() - t0:.0f} s of training",
+        flush=True,
+    )
+    anchor = tfmot_anchor(name) if tfmot else {}
+    rows = []
+    for tech in techniques:
+        try:
+            row = technique(name, tech, model, train, test)
+        except Exception as e:  # a failure is a result of this benchmark
+            row = {
+                "model": name,
+                "technique": tech,
+                "works": False,
+                "error": f"{type(e).__name__}: {e}".splitlines()[0][:300],
+            }
+            traceback.print_exc(limit=3)
+        row["float_acc"] = float_acc
+        if tech == "qat" and anchor:
+            row["tfmot"] = anchor.get("qat")
+        if tech == "prune 50%" and anchor:
+            row["tfmot"] = anchor.get("prune")
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def table(rows):
+    lines = [
+        "| model | technique | works | fully int8 (float ops) | agree | float acc | file acc "
+        "| bytes | ms | notes | tfmot |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if not r.get("works"):
+            lines.append(
+                f"| {r['model']} | {r['technique']} | **no**: {r.get('error', '')} "
+                "| | | | | | | | |"
+            )
+            continue
+        if r["technique"] not in ("int8 ptq", "int8 ptq mse", "qat"):
+            int8 = "-"  # a float (or dynamic-range) file by design
+        else:
+            int8 = "yes" if r["fully_int8"] else f"no ({', '.join(r['float_ops'])})"
+        notes = []
+        if "max_err_steps" in r:
+            notes.append(
+                f"output err p99 {r['p99_err_steps']:.0f}, max {r['max_err_steps']:.0f} "
+                "steps of 1/256"
+            )
+        if "sparsity" in r:
+            notes.append(f"sparsity {r['sparsity']:.2f}-{r['sparsity_max']:.2f}")
+        if "params_ratio" in r:
+            notes.append(f"params {r['params_ratio']:.2f}x")
+        if "speedup_96" in r:
+            notes.append(
+                f"96px {r['ms_96_full']:.1f}->{r['ms_96_units']:.1f} ms ({r['speedup_96']:.2f}x)"
+            )
+        lines.append(
+            f"| {r['model']} | {r['technique']} | yes | {int8} | {100 * r['agree']:.1f}% "
+            f"| {100 * r['float_acc']:.1f} | {100 * r['file_acc']:.1f} | {r['bytes']:,} "
+            f"| {r['ms']:.2f} | {'; '.join(notes)} | {r.get('tfmot', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--techniques", nargs="+", default=list(TECHNIQUES), choices=TECHNIQUES)
+    parser.add_argument("--epochs", type=int, default=None, help="float epochs (default per model)")
+    parser.add_argument("--quick", action="store_true", help="MobileNetV2 only, 10 epochs")
+    parser.add_argument("--tfmot", action="store_true", help="tfmot anchor column (subprocess)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.epochs = ["MobileNetV2"], 10
+    rows = []
+    for name in args.models:
+        rows += run_model(name, args.techniques, args.epochs, args.tfmot)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

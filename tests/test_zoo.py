@@ -1,0 +1,80 @@
+"""The keras.applications zoo through every technique, each TFLite file checked
+against the Keras model it came from.
+
+Runs the rows of `benchmarks/zoo_bench.py` and holds them to the goals below.
+The quick subset (MobileNetV2) runs in CI; the rest of the matrix runs with
+`pytest tests/test_zoo.py --zoo` (about two hours on 2 cores).
+"""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "zoo_bench", pathlib.Path(__file__).parents[1] / "benchmarks" / "zoo_bench.py"
+)
+zoo_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(zoo_bench)
+
+# Least argmax agreement of each file with the Keras model it was exported from
+# (the float model for PTQ, the compressed Keras model otherwise).
+AGREEMENT = {
+    "float": 0.99,
+    "dynamic": 0.98,
+    "float16": 0.99,
+    "int8 ptq": 0.97,
+    "int8 ptq mse": 0.98,
+    "qat": 0.99,
+    "prune 50%": 0.99,
+    "prune_units 0.5": 0.99,
+    "cluster 16": 0.99,
+    "low_rank 0.9": 0.99,
+}
+FULLY_INT8 = ("int8 ptq", "int8 ptq mse", "qat")
+QUICK = {"MobileNetV2": 25}  # model: float epochs in CI (95% test accuracy)
+
+
+def _misses(row):
+    tech = row["technique"]
+    if not row.get("works"):
+        return [f"{tech}: {row.get('error')}"]
+    misses = []
+    if row["agree"] < AGREEMENT[tech]:
+        misses.append(f"{tech}: agreement {row['agree']:.4f} < {AGREEMENT[tech]}")
+    if tech in FULLY_INT8 and not row["fully_int8"]:
+        misses.append(f"{tech}: float ops left {row['float_ops']}")
+    if tech == "qat" and row["p99_err_steps"] > 4:
+        misses.append(f"qat: outputs {row['p99_err_steps']:.1f} int8 steps apart (99th percentile)")
+    if tech == "prune 50%" and max(abs(row[k] - 0.5) for k in ("sparsity", "sparsity_max")) > 0.02:
+        misses.append(f"prune: sparsity {row['sparsity']:.3f}-{row['sparsity_max']:.3f}")
+    if tech in ("prune_units 0.5", "low_rank 0.9") and row["params_ratio"] >= 1.0:
+        misses.append(f"{tech}: parameters not reduced ({row['params_ratio']:.2f}x)")
+    return misses
+
+
+def _run(name, epochs=None):
+    model, train, test, float_acc = zoo_bench.trained(name, epochs)
+    assert float_acc > 0.5, f"{name} did not train: accuracy {float_acc}"
+    misses = []
+    for tech in zoo_bench.TECHNIQUES:
+        try:
+            row = zoo_bench.technique(name, tech, model, train, test, quick=True)
+        except Exception as e:  # noqa: BLE001 - every technique is reported, then the test fails
+            row = {"technique": tech, "works": False, "error": f"{type(e).__name__}: {e}"}
+        misses += _misses(row)
+    assert not misses, f"{name}: " + "; ".join(misses)
+
+
+@pytest.mark.zoo
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(QUICK))
+def test_quick_zoo(name):
+    _run(name, QUICK[name])
+
+
+@pytest.mark.zoo
+@pytest.mark.zoo_full
+@pytest.mark.parametrize("name", sorted(set(zoo_bench.MODELS) - set(QUICK)))
+def test_full_zoo(name):
+    _run(name)
