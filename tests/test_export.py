@@ -1,4 +1,8 @@
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -131,6 +135,9 @@ def test_weights_read_from_the_flatbuffer(mlp, mlp_files):
 
 def test_atomic_write_leaves_nothing_on_failure(mlp, tmp_path, monkeypatch):
     path = tmp_path / "m.tflite"
+    scratch = tmp_path.parent / f"{tmp_path.name}-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the SavedModel goes
 
     real_factory = tf.lite.TFLiteConverter.from_saved_model
 
@@ -152,6 +159,48 @@ def test_atomic_write_leaves_nothing_on_failure(mlp, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         tfc.export.to_tflite(mlp, path)
     assert path.read_bytes() == b"previous" and os.listdir(tmp_path) == ["m.tflite"]
+    assert not [n for n in os.listdir(scratch) if n.startswith("tfc-")]
+
+
+_KILLED_EXPORT = """
+import os, signal, sys
+import keras, tensorflow as tf, tfcompress as tfc
+where = sys.argv[1]
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if where == "convert":  # the SavedModel is written, the converter has not run
+    tf.lite.TFLiteConverter.from_saved_model = die
+else:  # the temporary .tflite is written, not yet renamed
+    os.replace = die
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+tfc.export.to_tflite(model, sys.argv[2])
+"""
+
+
+def test_files_of_a_killed_export_are_swept_by_the_next(mlp, tmp_path, monkeypatch):
+    scratch, out = tmp_path / "tmp", tmp_path / "out"
+    scratch.mkdir()
+    out.mkdir()
+    env = dict(os.environ, TMPDIR=str(scratch), TF_CPP_MIN_LOG_LEVEL="3")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _KILLED_EXPORT, where, str(out / "m.tflite")], env=env
+        )
+        for where in ("convert", "rename")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [-signal.SIGKILL] * 2
+    assert any(n.startswith("tfc-export-") for n in os.listdir(scratch))
+    assert any(n.startswith(".tmp-") and n.endswith(".tflite") for n in os.listdir(out))
+
+    # A live process's temporary file is left alone.
+    fd, live = tfc._tempfiles.mkstemp(str(out), ".tmp-", ".tflite")
+    os.close(fd)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    tfc.export.to_tflite(mlp, out / "m.tflite")
+    assert not [n for n in os.listdir(scratch) if n.startswith("tfc-")]
+    assert sorted(os.listdir(out)) == sorted(["m.tflite", os.path.basename(live)])
 
 
 def test_atomic_write_cleans_its_temporary_file(tmp_path, monkeypatch):

@@ -578,19 +578,28 @@ def test_block_as_large_as_the_kernel_is_not_zeroed(digits):
     assert list(pruning.get_sparsity(pm).values()) == [0.75, 0.0]  # round(3.2) = 3 of 4 blocks
 
 
+def _pruned_on(strategy, data, schedule, *fits):
+    """A small pruned MLP built and compiled under `strategy`, fitted once per
+    `(optimizer, compile kwargs, epochs)` in `fits` (each a fresh compile)."""
+    x, y = data
+    with strategy.scope():
+        model = small_mlp(hidden=(32,), seed=3)
+    # Outside the scope: the wrapper follows the strategy of the model's variables.
+    pm = pruning.prune_low_magnitude(model, pruning_schedule=schedule)
+    for optimizer, compile_kwargs, epochs in fits:
+        with strategy.scope():
+            pm.compile(optimizer(), LOSS, **compile_kwargs)
+        pm.fit(x, y, epochs=epochs, batch_size=32, shuffle=False, verbose=0)
+    return model, pm
+
+
 def test_mirrored_strategy_parity(mirrored, digits):
     (x, y), _ = digits
-    x, y = x[:256], y[:256]
     schedule = PolynomialDecay(0.0, 0.7, begin_step=2, end_step=12, frequency=3)
 
     def train(strategy):
-        with strategy.scope():
-            model = small_mlp(hidden=(32,), seed=3)
-        # Outside the scope: the wrapper follows the strategy of the model's variables.
-        pm = pruning.prune_low_magnitude(model, pruning_schedule=schedule)
-        with strategy.scope():
-            pm.compile(keras.optimizers.SGD(0.1, momentum=0.9), LOSS)
-        pm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+        fit = (lambda: keras.optimizers.SGD(0.1, momentum=0.9), {}, 2)
+        model, pm = _pruned_on(strategy, (x[:256], y[:256]), schedule, fit)
         return [v.numpy() for v in model.weights], [m.numpy() for m in pm.masks]
 
     one_w, one_m = train(tf.distribute.get_strategy())
@@ -606,19 +615,16 @@ def test_mirrored_strategy_parity(mirrored, digits):
 
 def test_mirrored_step_matches_single_device(mirrored, digits):
     (x, y), _ = digits
-    x, y = x[:256], y[:256]  # 8 steps an epoch
     schedule = PolynomialDecay(0.0, 0.7, begin_step=2, end_step=30, frequency=3)
 
     def train(strategy):
-        with strategy.scope():
-            model = small_mlp(hidden=(32,), seed=3)
-        pm = pruning.prune_low_magnitude(model, pruning_schedule=schedule)
-        with strategy.scope():
-            pm.compile(keras.optimizers.SGD(0.1), LOSS, steps_per_execution=3)
-        pm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
-        with strategy.scope():
-            pm.compile(keras.optimizers.SGD(0.05), LOSS)  # a new optimizer, from 0
-        pm.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+        _, pm = _pruned_on(
+            strategy,
+            (x[:256], y[:256]),  # 8 steps an epoch
+            schedule,
+            (lambda: keras.optimizers.SGD(0.1), {"steps_per_execution": 3}, 2),
+            (lambda: keras.optimizers.SGD(0.05), {}, 1),  # a new optimizer, from 0
+        )
         steps = [int(v.numpy()) for v in strategy.experimental_local_results(pm.step.value)]
         return pm, steps, int(pm.pruning_step.numpy()), [m.numpy() for m in pm.masks]
 

@@ -1,8 +1,11 @@
 """Tests of tfcompress.rbm: numbers against NumPy, brute force and baselines."""
 
+import io
 import itertools
 import math
+import zipfile
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -426,7 +429,7 @@ def test_uneven_batch_under_mixed_bfloat16_and_mirrored_strategy(mirrored):
 # ---------------------------------------------------- serialization
 
 
-def test_keras_round_trip_keeps_weights_config_and_recreates_chains(tmp_path):
+def test_keras_round_trip_keeps_weights_config_chains_and_sampler(tmp_path):
     rng = np.random.default_rng(0)
     x = (rng.random((64, 10)) < 0.3).astype("float32")
     rbm = RBM(5, k=2, persistent=True, num_chains=16, seed=3, sparsity_target=0.1)
@@ -439,15 +442,41 @@ def test_keras_round_trip_keeps_weights_config_and_recreates_chains(tmp_path):
     rbm2 = loaded.layers[-1]
     assert isinstance(rbm2, RBM)
     assert rbm2.get_config() == rbm.get_config()
-    for name in ("kernel", "visible_bias", "hidden_bias"):
+    for name in ("kernel", "visible_bias", "hidden_bias", "persistent_chains"):
         np.testing.assert_array_equal(getattr(rbm2, name), getattr(rbm, name))
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    # Training resumes with the same draws and chains as the original continuing.
+    loaded.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    loaded.fit(x, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    model.fit(x, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    for a, b in zip(rbm2.weights, rbm.weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_file_without_sampler_state_loads_and_recreates_chains(tmp_path):
+    rbm = RBM(5, k=2, persistent=True, num_chains=16, seed=3)
+    model = keras.Sequential([keras.Input((10,)), rbm])
+    path = tmp_path / "old.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp_path / "params.keras", "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item == "model.weights.h5":  # as written before the sampler state was saved
+                buffer = io.BytesIO(data)
+                with h5py.File(buffer, "a") as f:
+                    own = f["layers/rbm/vars"]
+                    for key in sorted(own, key=int)[3:]:
+                        del own[key]
+                data = buffer.getvalue()
+            zout.writestr(item, data)
+    loaded = keras.saving.load_model(tmp_path / "params.keras").layers[-1]
     expected = RBM.from_config(rbm.get_config())
     expected.build((None, 10))
     expected.visible_bias.assign(rbm.visible_bias)
     expected.reset_chains()
-    np.testing.assert_array_equal(rbm2.persistent_chains, expected.persistent_chains)
-    loaded.fit(x, epochs=1, batch_size=16, verbose=0)  # and training resumes
+    np.testing.assert_array_equal(loaded.kernel, rbm.kernel)
+    np.testing.assert_array_equal(loaded.persistent_chains, expected.persistent_chains)
 
 
 def test_config_round_trip_and_prunable_weights():
@@ -508,6 +537,39 @@ def test_bad_data_raises_before_any_change(bad):
     with pytest.raises(tf.errors.InvalidArgumentError):
         model.fit(x, epochs=1, batch_size=8, verbose=0)
     for a, b in zip(before, rbm.weights):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("source", ["array", "dataset", "generator"])
+@pytest.mark.parametrize("bad", [np.nan, 1.5, -0.1])
+def test_bad_batch_in_fit_stops_before_it_changes_anything(source, bad):
+    x = (np.random.default_rng(0).random((32, 6)) < 0.5).astype("float32")
+    x[20, 1] = bad  # in the third of four batches
+
+    def fit(data):
+        rbm = _make_rbm(6, 3)
+        model = keras.Sequential([keras.Input((6,)), rbm])
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+        if source == "array":
+            inputs = dict(x=data, batch_size=8, shuffle=False)
+        elif source == "dataset":
+            inputs = dict(x=tf.data.Dataset.from_tensor_slices(data).batch(8))
+        else:
+            batches = [data[i : i + 8] for i in range(0, len(data), 8)]
+            inputs = dict(x=((b,) for b in batches), steps_per_epoch=len(batches))
+        try:
+            model.fit(epochs=1, verbose=0, **inputs)
+        except tf.errors.InvalidArgumentError as e:
+            return rbm, e
+        return rbm, None
+
+    stopped, error = fit(x)
+    assert error is not None
+    reason = "NaN or inf" if np.isnan(bad) else "needs `x` in [0, 1]"
+    message = str(error).replace("\\'", "'")
+    assert f"RBM '{stopped.name}'" in message and reason in message, message
+    trained_on_two, _ = fit(x[:16])  # the two batches before the bad one, and no more
+    for a, b in zip(_params(stopped), _params(trained_on_two)):
         np.testing.assert_array_equal(a, b)
 
 

@@ -42,6 +42,13 @@ def own_variables(layer):
     return list(layer._trainable_variables) + list(layer._non_trainable_variables)
 
 
+def load_variables_from_store(variables, store):
+    """Assigns `variables` from a `load_own_variables` store in Keras' own layout
+    (variable i under key "i")."""
+    for i, variable in enumerate(variables):
+        variable.assign(store[str(i)])
+
+
 def flatten_layers(model):
     """Every layer inside `model`, recursively, each once (not `model` itself)."""
     return list(model._flatten_layers(include_self=False, recursive=True))

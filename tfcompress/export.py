@@ -7,7 +7,6 @@ without post-training quantization, and writes the file atomically.
 
 import contextlib
 import os
-import tempfile
 import time
 import warnings
 
@@ -15,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _compat
+from tfcompress import _compat, _tempfiles
 from tfcompress._tracing import export_trace
 from tfcompress.quantization import calibration as _calibration
 
@@ -161,7 +160,7 @@ def _convert(model, spec, configure):
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
-    with tempfile.TemporaryDirectory(prefix="tfc-export-") as saved_model:
+    with _tempfiles.temporary_directory("tfc-export-") as saved_model:
         with _float32_compute(model), export_trace():
             archive.add_endpoint(
                 "serve", lambda x: model(x, training=False), input_signature=[spec]
@@ -234,12 +233,14 @@ def _umask():
 def write_atomic(path, data):
     """Writes bytes to `path` through a temporary file and a rename.
 
-    A failure at any point leaves no file at `path` (and no temporary file).
+    A failure at any point leaves no file at `path` (and no temporary file);
+    the temporary file of a process killed outright is removed by the next
+    write into the same directory.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".tflite")
+    fd, tmp = _tempfiles.mkstemp(directory, ".tmp-", suffix=".tflite")
     try:
         # mkstemp creates the file owner-only (0o600); give it the mode `open` would.
         os.chmod(tmp, 0o666 & ~_umask())

@@ -8,11 +8,11 @@ measured as it is.
 
 import gzip
 import os
-import tempfile
 
 import keras
 import numpy as np
 
+from tfcompress import _tempfiles
 from tfcompress.export import LiteModel, input_spec, to_tflite
 
 COLUMNS = (
@@ -33,7 +33,7 @@ def gzip_size(data):
 
 
 def _keras_file_size(model):
-    with tempfile.TemporaryDirectory(prefix="tfc-report-") as tmp:
+    with _tempfiles.temporary_directory("tfc-report-") as tmp:
         path = os.path.join(tmp, "model.keras")
         model.save(path)
         return os.path.getsize(path)

@@ -443,8 +443,7 @@ class PrunedModel(keras.Model):
         if not own or own[-1] is not step or len(store.keys()) != len(own) - 1:
             super().load_own_variables(store)
             return
-        for i, variable in enumerate(own[:-1]):
-            variable.assign(store[str(i)])  # Keras' own layout: variable i under key "i"
+        _compat.load_variables_from_store(own[:-1], store)
         # Never before the last mask update, so no turn is redone at a lower sparsity.
         self.step.assign(tf.maximum(self.pruning_step.value, 0))
         self._step_from_optimizer = True

@@ -231,8 +231,8 @@ class RBM(keras.layers.Layer):
     def reset_chains(self):
         """Restarts the persistent chains from samples of the visible biases.
 
-        Called by `init_visible_bias` and after loading weights, so chains are
-        re-created rather than restored. A no-op without `persistent`.
+        Called by `init_visible_bias` and when loading a file saved without
+        the chains. A no-op without `persistent`.
         """
         if not (self.persistent and self.built):
             return
@@ -271,24 +271,34 @@ class RBM(keras.layers.Layer):
     def _parameter_weights(self):
         return [self.kernel, self.visible_bias, self.hidden_bias]
 
+    def _sampler_state(self):
+        # The sampler's state travels with the weights, so a run resumed from a
+        # `.keras` file or a `BackupAndRestore` backup draws the same numbers
+        # and continues the same persistent chains as an uninterrupted run.
+        state = [self.seed_generator.state, self.eval_seed_generator.state]
+        return state + ([self.persistent_chains] if self.persistent else [])
+
     def save_own_variables(self, store):
-        # Only the parameters are saved: chains are re-created on load, so a
-        # file does not depend on the state of a sampler.
         if not self.built:
             return
-        for i, weight in enumerate(self._parameter_weights()):
+        for i, weight in enumerate(self._parameter_weights() + self._sampler_state()):
             store[f"{i}"] = weight
 
     def load_own_variables(self, store):
-        weights = self._parameter_weights()
-        if len(store.keys()) != len(weights):
+        params, state = self._parameter_weights(), self._sampler_state()
+        # Files written before the sampler state was saved hold the parameters only.
+        if len(store.keys()) not in (len(params), len(params) + len(state)):
             raise ValueError(
-                f"RBM '{self.name}' expects {len(weights)} saved arrays. "
-                f"Received: {len(store.keys())} arrays"
+                f"RBM '{self.name}' expects {len(params)} or {len(params) + len(state)} saved "
+                f"arrays. Received: {len(store.keys())} arrays"
             )
-        for i, weight in enumerate(weights):
+        for i, weight in enumerate(params):
             weight.assign(store[f"{i}"])
-        self.reset_chains()
+        if len(store.keys()) == len(params):
+            self.reset_chains()
+            return
+        for i, variable in enumerate(state, start=len(params)):
+            variable.assign(store[f"{i}"])
 
     def get_prunable_weights(self):
         """The weights a pruning wrapper may sparsify: the kernel only."""
@@ -475,12 +485,16 @@ class RBM(keras.layers.Layer):
         if tf.executing_eagerly():
             self.validate_array(v, "inputs")
             return v
-        v = tf.debugging.check_numerics(v, "RBM inputs must not contain NaN or inf")
+        v = tf.debugging.check_numerics(
+            v, f"RBM '{self.name}': a batch of `x` holds NaN or inf; this batch changed nothing"
+        )
         if self.visible == "bernoulli":
             lo, hi = tf.reduce_min(v), tf.reduce_max(v)
             ok = tf.logical_and(lo >= 0.0, hi <= 1.0)
             check = tf.debugging.Assert(
-                ok, ["A Bernoulli RBM needs inputs in [0, 1]; received min, max:", lo, hi]
+                ok,
+                [f"RBM '{self.name}' (Bernoulli units) needs `x` in [0, 1]; this batch changed "
+                 "nothing. Received: a batch with min, max =", lo, hi],
             )
             with tf.control_dependencies([check]):
                 v = tf.identity(v)
