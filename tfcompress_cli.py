@@ -9,8 +9,12 @@ serializable class) and runs in `tfcompress.cli`.
 """
 
 import argparse
+import contextlib
 import importlib.util
 import os
+import sys
+import tempfile
+import warnings
 import zipfile
 
 USAGE_ERROR = 2
@@ -30,18 +34,66 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="run the end-to-end compression demo on digits")
+    common = argparse.ArgumentParser(add_help=False)
+    loud = common.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true", help="print results and errors only")
+    loud.add_argument(
+        "--verbose", action="store_true",
+        help="also TensorFlow's, the converter's and LiteRT's own messages and warnings",
+    )
+
+    p = sub.add_parser(
+        "compress", parents=[common],
+        help="compress your .keras model with your data into a checked .tflite file",
+        description="Fine-tunes a copy of MODEL through the steps asked for (in this order: "
+        "--units, --prune, --cluster, --qat-epochs), exports it with --quantization, checks the "
+        "file against the Keras model and writes OUT.tflite with OUT.report.md/.json/.png.",
+    )
+    p.add_argument("model", help="a compiled .keras model (its loss and optimizer fine-tune it)")
+    p.add_argument(
+        "--data", required=True, metavar="TRAIN",
+        help="training data: a .npz (keys x, y), 'x.npy,y.npy', a .csv (label in the last "
+        "column) or a folder of class subfolders of images",
+    )
+    p.add_argument("--eval", metavar="TEST", help="test data, in the same forms")
+    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    p.add_argument("--prune", type=float, metavar="SPARSITY", help="magnitude pruning, e.g. 0.8")
+    p.add_argument("--units", type=float, metavar="FRACTION", help="remove this share of units")
+    p.add_argument("--cluster", type=int, metavar="K", help="K shared values per kernel")
+    p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs")
+    p.add_argument(
+        "--quantization", choices=["int8", "dynamic", "float16", "none"], default="int8",
+        help="how the file is quantized (default: int8, full integer)",
+    )
+    p.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="fail (exit 1, no file) if the file loses more test accuracy than this")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per step")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, help="default: the model's optimizer's")
+    p.add_argument("--loss", help="fine-tuning loss when the model was saved uncompiled")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--x-key", default="x", help=".npz key of the inputs (default: x)")
+    p.add_argument("--y-key", default="y", help=".npz key of the labels (default: y)")
+    p.add_argument("--label-column", help="CSV column of the label (default: the last)")
+
+    p = sub.add_parser(
+        "demo", parents=[common], help="run the end-to-end compression demo on digits"
+    )
     p.add_argument("--out", default="saved_models", help="artifact folder (default: saved_models)")
     p.add_argument("--steps", nargs="+", default=None, help="only these demo steps")
 
-    p = sub.add_parser("export", help="convert a .keras model to a .tflite file")
+    p = sub.add_parser(
+        "export", parents=[common], help="convert a .keras model to a .tflite file"
+    )
     p.add_argument("model", help="a .keras model file")
     p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
     p.add_argument("--quantization", choices=["dynamic", "float16", "int8"], default=None)
     p.add_argument("--calibration", help="a .npy array of inputs for int8, or 'digits'")
     p.add_argument("--int8-io", action="store_true", help="int8 input and output (with int8)")
 
-    p = sub.add_parser("report", help="compare .keras models and .tflite files")
+    p = sub.add_parser(
+        "report", parents=[common], help="compare .keras models and .tflite files"
+    )
     p.add_argument("models", nargs="+", help=".keras and .tflite files")
     p.add_argument("--data", help="'digits' (bundled test split) or a .npy array of inputs")
     p.add_argument("--labels", help="a .npy array of integer labels (with --data X.npy)")
@@ -132,6 +184,28 @@ def _file_problems(args):
         yield unwritable(args.output, "-o/--output", make_dirs=True)
         if args.calibration not in (None, "digits"):
             yield _array_file(args.calibration, "--calibration")
+    elif args.command == "compress":
+        yield _keras_file(args.model)
+        if not args.output.endswith(".tflite"):
+            yield f"-o/--output must end in '.tflite'. Received: {args.output!r}"
+        yield unwritable(args.output, "-o/--output", make_dirs=True)
+        for flag, path in (("--data", args.data), ("--eval", args.eval)):
+            if path is not None:
+                yield _data_path(path, flag)
+        for flag, value in (("--prune", args.prune), ("--units", args.units)):
+            if value is not None and not 0 < value < 1:
+                yield f"{flag} must be in (0, 1). Received: {value}"
+        counts = (
+            ("--cluster", args.cluster, 2),
+            ("--qat-epochs", args.qat_epochs, 0),
+            ("--epochs", args.epochs, 1),
+            ("--batch-size", args.batch_size, 1),
+        )
+        for flag, value, low in counts:
+            if value is not None and value < low:
+                yield f"{flag} must be >= {low}. Received: {value}"
+        if args.max_drop is not None and args.eval is None:
+            yield "--max-drop needs --eval (the drop is measured on the test data)"
     elif args.command == "report":
         for path in args.models:
             yield _tflite_file(path) if path.endswith(".tflite") else _keras_file(path)
@@ -145,6 +219,22 @@ def _file_problems(args):
                 yield _array_file(args.labels, "--labels")
 
 
+def _data_path(path, flag):
+    if "," in path and not os.path.exists(path):
+        for part in path.split(",", 1):
+            if not os.path.isfile(part):
+                return f"{flag}: no file at {part!r}"
+        return None
+    if os.path.isdir(path):
+        return None
+    if not os.path.isfile(path):
+        return f"{flag}: no file or folder at {path!r}"
+    if not path.endswith((".npz", ".csv")):
+        return (f"{flag} must be a .npz file, 'x.npy,y.npy', a .csv file or a folder of class "
+                f"subfolders of images. Received: {path!r}")
+    return None
+
+
 def _plot_problem(args):
     # The table is printed before the plot is drawn: these would fail after it.
     if args.data is None:
@@ -152,6 +242,39 @@ def _plot_problem(args):
     if importlib.util.find_spec("matplotlib") is None:
         return f"--plot {args.plot!r} needs matplotlib: pip install 'tfcompress[plots]'"
     return unwritable(args.plot, "--plot", make_dirs=False)
+
+
+@contextlib.contextmanager
+def quiet(verbose):
+    """Hides TensorFlow's, the converter's and LiteRT's chatter unless `verbose`.
+
+    Their C++ code writes to file descriptor 2 directly, so descriptor 2 goes to
+    a scratch file for the command, while Python's `sys.stderr` (our lines, a
+    traceback) keeps the terminal. Python warnings of other packages are
+    dropped; tfcompress's own (what a user may have done wrong) are kept.
+    """
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    saved_stderr = sys.stderr
+    try:
+        on_fd_2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # captured (pytest, a notebook): keep it
+        on_fd_2 = False
+    terminal = os.fdopen(saved_fd, "w", buffering=1, closefd=False) if on_fd_2 else sys.stderr
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"(?!tfcompress)")
+        os.dup2(sink.fileno(), 2)
+        sys.stderr = terminal
+        try:
+            yield
+        finally:
+            terminal.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            sys.stderr = saved_stderr
 
 
 def parse_args(argv=None):
@@ -171,9 +294,13 @@ def parse_args(argv=None):
 def main(argv=None):
     """The console script: parses `argv`, then runs the command; returns the exit code."""
     args = parse_args(argv)
-    from tfcompress.cli import run  # imports TensorFlow: only for arguments that passed
+    if not args.verbose:
+        # Before TensorFlow loads: its C++ log level is read once, at import.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with quiet(args.verbose):
+        from tfcompress.cli import run  # imports TensorFlow: only for arguments that passed
 
-    return run(args)
+        return run(args)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def test_help_answers_without_tensorflow(argv, record_property):
     "argv, message",
     [
         ([], "the following arguments are required: command"),
-        (["compress", "m.keras"], "invalid choice: 'compress'"),
+        (["shrink", "m.keras"], "invalid choice: 'shrink'"),
         (["export", "m.keras"], "the following arguments are required: -o/--output"),
         (["export", "missing.keras", "-o", "m.tflite"],
          "cannot load MODEL 'missing.keras': no such file"),

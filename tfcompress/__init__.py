@@ -10,6 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from tfcompress import (  # noqa: E402
     clustering,
+    data,
     datasets,
     dbn,
     distill,
@@ -26,6 +27,7 @@ from tfcompress import (  # noqa: E402
 from tfcompress.dbn import DBN  # noqa: E402
 from tfcompress.distill import Distiller  # noqa: E402
 from tfcompress.layers_registry import register_layer  # noqa: E402
+from tfcompress.pipeline import CompressionError, compress  # noqa: E402
 from tfcompress.rbm import RBM  # noqa: E402
 
 __version__ = "0.1.0"
@@ -33,8 +35,11 @@ __version__ = "0.1.0"
 __all__ = [
     "DBN",
     "RBM",
+    "CompressionError",
     "Distiller",
     "clustering",
+    "compress",
+    "data",
     "datasets",
     "dbn",
     "distill",

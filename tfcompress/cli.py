@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from tfcompress_cli import USAGE_ERROR, os_error_reason, parse_args, unwritable
+from tfcompress_cli import USAGE_ERROR, os_error_reason, parse_args, quiet, unwritable
 
 # Keras's message when a config names a class or function that is not registered.
 _NOT_FOUND = re.compile(r"Could not locate (class|function) '([^']+)'")
@@ -138,20 +138,71 @@ def _demo(args, log):
     demo.run(args.out, steps=args.steps, log=log)
 
 
-_COMMANDS = {"demo": _demo, "export": _export, "report": _report}
+def _compress(args, log):
+    from tfcompress import data, export, pipeline
+
+    model = _load_model(args.model)
+    shape = tuple(export.input_spec(model).shape[1:])
+    images = dict(
+        image_size=shape[:2] if len(shape) == 3 else None,
+        color_mode="grayscale" if len(shape) == 3 and shape[-1] == 1 else "rgb",
+    )
+    read = dict(x_key=args.x_key, y_key=args.y_key, label_column=args.label_column, **images)
+    train = data.load(args.data, what="--data", **read)
+    test = data.load(args.eval, what="--eval", **read) if args.eval else None
+    for flag, loaded in (("--data", train), ("--eval", test)):
+        if loaded is not None and tuple(loaded[0].shape[1:]) != tuple(
+            d if d is not None else s for d, s in zip(shape, loaded[0].shape[1:])
+        ):
+            raise UsageError(
+                f"`{flag}` inputs must have shape (N, {', '.join(map(str, shape))}) to fit "
+                f"the model. Received: shape {loaded[0].shape}"
+            )
+    try:
+        pipeline.compress(
+            model,
+            train,
+            test,
+            prune=args.prune,
+            units=args.units,
+            cluster=args.cluster,
+            qat_epochs=args.qat_epochs,
+            quantization=None if args.quantization == "none" else args.quantization,
+            max_drop=args.max_drop,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            loss=args.loss,
+            learning_rate=args.learning_rate,
+            output=args.output,
+            verbose=0 if args.quiet else 1,
+            log=log,
+        )
+    except OSError as e:  # checked up front; the file system changed since, or the disk is full
+        raise UsageError(_write_failure(args.output, "-o/--output", e, make_dirs=True)) from e
+
+
+_COMMANDS = {"compress": _compress, "demo": _demo, "export": _export, "report": _report}
 
 
 def run(args):
     """Runs a command parsed by `tfcompress_cli.parse_args`; returns the exit code."""
+    quiet = getattr(args, "quiet", False)
 
     def log(message):
-        print(message, file=sys.stderr, flush=True)
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    from tfcompress.pipeline import CompressionError
 
     try:
         _COMMANDS[args.command](args, log)
     except (UsageError, ValueError) as e:
         print(f"tfcompress {args.command}: error: {e}".splitlines()[0], file=sys.stderr)
         return USAGE_ERROR
+    except CompressionError as e:
+        print(f"tfcompress {args.command}: {e}".splitlines()[0], file=sys.stderr)
+        return 1
     return 0
 
 
@@ -162,7 +213,9 @@ def main(argv=None):
     TensorFlow loads; this entry serves `python -m tfcompress` and callers that
     have imported tfcompress already.
     """
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    with quiet(args.verbose):
+        return run(args)
 
 
 if __name__ == "__main__":
