@@ -88,14 +88,21 @@ def build_parser():
     p.add_argument("model", help="a .keras model file")
     p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
     p.add_argument("--quantization", choices=["dynamic", "float16", "int8"], default=None)
-    p.add_argument("--calibration", help="a .npy array of inputs for int8, or 'digits'")
+    p.add_argument(
+        "--calibration",
+        help="inputs for int8: a .npy array, any --data form of 'compress', or 'digits'",
+    )
     p.add_argument("--int8-io", action="store_true", help="int8 input and output (with int8)")
 
     p = sub.add_parser(
         "report", parents=[common], help="compare .keras models and .tflite files"
     )
     p.add_argument("models", nargs="+", help=".keras and .tflite files")
-    p.add_argument("--data", help="'digits' (bundled test split) or a .npy array of inputs")
+    p.add_argument(
+        "--data",
+        help="'digits' (bundled test split), a .npy array of inputs (with --labels), a .npz "
+        "(keys x, y), 'x.npy,y.npy', a .csv or a folder of class subfolders of images",
+    )
     p.add_argument("--labels", help="a .npy array of integer labels (with --data X.npy)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--plot", help="write a size-vs-accuracy PNG here")
@@ -183,7 +190,7 @@ def _file_problems(args):
             yield f"-o/--output must end in '.tflite'. Received: {args.output!r}"
         yield unwritable(args.output, "-o/--output", make_dirs=True)
         if args.calibration not in (None, "digits"):
-            yield _array_file(args.calibration, "--calibration")
+            yield _data_path(args.calibration, "--calibration", npy=True)
     elif args.command == "compress":
         yield _keras_file(args.model)
         if not args.output.endswith(".tflite"):
@@ -212,14 +219,23 @@ def _file_problems(args):
         if args.plot is not None:
             yield _plot_problem(args)
         if args.data not in (None, "digits"):
-            if args.labels is None:
+            if _single_npy(args.data) and args.labels is None:
                 yield "--data X.npy needs --labels Y.npy"
-            else:
+            elif _single_npy(args.data):
                 yield _array_file(args.data, "--data")
                 yield _array_file(args.labels, "--labels")
+            else:
+                yield _data_path(args.data, "--data")
 
 
-def _data_path(path, flag):
+def _single_npy(path):
+    return path.endswith(".npy") and "," not in path
+
+
+def _data_path(path, flag, npy=False):
+    """Why `path` is not data `tfcompress.data.load` reads (or, with `npy`, one .npy array)."""
+    if npy and _single_npy(path):
+        return _array_file(path, flag)
     if "," in path and not os.path.exists(path):
         for part in path.split(",", 1):
             if not os.path.isfile(part):

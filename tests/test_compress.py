@@ -274,3 +274,40 @@ def test_as_arrays_forms():
     assert got_y is None and got_x.shape == (5, 2)
     with pytest.raises(ValueError, match="`calibration` yielded no batches"):
         tfc.data.as_arrays(iter(()), "calibration")
+
+
+def test_the_same_data_forms_everywhere_data_is_taken(mlp, files, digits, tmp_path, capsys):
+    (x, y), (xt, yt) = digits
+    # to_tflite's representative data and calibrate(): dataset and generator as the array.
+    blobs = [
+        tfc.export.to_tflite(mlp, quantization="int8", representative_data=data)
+        for data in (
+            x[:200],
+            tf.data.Dataset.from_tensor_slices((x[:200], y[:200])).batch(50),
+            (x[i:i + 50] for i in range(0, 200, 50)),
+        )
+    ]
+    assert blobs[0] == blobs[1] == blobs[2]
+    calibrated = [
+        tfc.quantization.calibrate(mlp, data, method="minmax")
+        for data in (x[:96], tf.data.Dataset.from_tensor_slices(x[:96]).batch(32))
+    ]
+    np.testing.assert_array_equal(calibrated[0].predict(xt[:20], verbose=0),
+                                  calibrated[1].predict(xt[:20], verbose=0))
+    # PCA.adapt on a generator, limited by steps.
+    pca = tfc.factorization.PCA(8)
+    pca.adapt((x[i:i + 100] for i in range(0, 1000, 100)), steps=3)
+    reference = tfc.factorization.PCA(8)
+    reference.adapt(x[:300])
+    np.testing.assert_allclose(pca(xt[:5]), reference(xt[:5]), atol=1e-5)
+    # The CLI's export --calibration and report --data read the same files as compress.
+    out = tmp_path / "m.tflite"
+    argv = ["export", str(files / "mlp.keras"), "-o", str(out), "--quantization", "int8",
+            "--calibration", str(files / "train.csv")]
+    assert cli.main(argv) == 0 and tfc.export.LiteModel(out).is_fully_int8()
+    capsys.readouterr()
+    assert cli.main(["report", str(out), str(files / "mlp.keras"), "--data",
+                     f"{files / 'xt.npy'},{files / 'yt.npy'}"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    accuracies = [float(row.split()[-2]) for row in rows]
+    assert len(accuracies) == 2 and min(accuracies) > 0.85

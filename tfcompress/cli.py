@@ -68,6 +68,22 @@ def _load_array(path, what):
         raise UsageError(f"{what}: {path!r} is not a .npy array ({e})") from e
 
 
+def _load_data(path, flag, spec, **keys):
+    """`(x, y)` from any form `tfcompress.data.load` reads; image folders take the
+    size and channels of the model input `spec` (a `keras.InputSpec`-like shape)."""
+    from tfcompress import data
+
+    shape = tuple(spec.shape[1:]) if spec is not None else ()
+    image = len(shape) == 3
+    return data.load(
+        path,
+        what=flag,
+        image_size=shape[:2] if image else None,
+        color_mode="grayscale" if image and shape[-1] == 1 else "rgb",
+        **keys,
+    )
+
+
 def _digits(split):
     from tfcompress import datasets
 
@@ -93,8 +109,10 @@ def _export(args, log):
     calibration = None
     if args.calibration == "digits":
         calibration = _digits_for(model, "train")[0][:200]
-    elif args.calibration is not None:
+    elif args.calibration is not None and args.calibration.endswith(".npy"):
         calibration = _load_array(args.calibration, "--calibration")
+    elif args.calibration is not None:
+        calibration = _load_data(args.calibration, "--calibration", export.input_spec(model))[0]
     log(f"converting {args.model} (quantization={args.quantization or 'none'}) ...")
     blob = export.to_tflite(
         model,
@@ -110,7 +128,7 @@ def _export(args, log):
 
 
 def _report(args, log):
-    from tfcompress import report
+    from tfcompress import export, report
 
     items = {
         os.path.basename(path): path if path.endswith(".tflite") else _load_model(path)
@@ -119,8 +137,12 @@ def _report(args, log):
     x = y = None
     if args.data == "digits":
         x, y = _digits("test")  # flat: the report reshapes them for image models
-    elif args.data is not None:
+    elif args.data is not None and args.labels is not None:
         x, y = _load_array(args.data, "--data"), _load_array(args.labels, "--labels")
+    elif args.data is not None:
+        models = [item for item in items.values() if not isinstance(item, str)]
+        spec = export.input_spec(models[0]) if models else None
+        x, y = _load_data(args.data, "--data", spec)
     log(f"measuring {len(items)} artifacts ...")
     result = report.compression_report(items, x, y)
     print(result.to_markdown() if args.markdown else result)
@@ -139,17 +161,14 @@ def _demo(args, log):
 
 
 def _compress(args, log):
-    from tfcompress import data, export, pipeline
+    from tfcompress import export, pipeline
 
     model = _load_model(args.model)
-    shape = tuple(export.input_spec(model).shape[1:])
-    images = dict(
-        image_size=shape[:2] if len(shape) == 3 else None,
-        color_mode="grayscale" if len(shape) == 3 and shape[-1] == 1 else "rgb",
-    )
-    read = dict(x_key=args.x_key, y_key=args.y_key, label_column=args.label_column, **images)
-    train = data.load(args.data, what="--data", **read)
-    test = data.load(args.eval, what="--eval", **read) if args.eval else None
+    spec = export.input_spec(model)
+    shape = tuple(spec.shape[1:])
+    keys = dict(x_key=args.x_key, y_key=args.y_key, label_column=args.label_column)
+    train = _load_data(args.data, "--data", spec, **keys)
+    test = _load_data(args.eval, "--eval", spec, **keys) if args.eval else None
     for flag, loaded in (("--data", train), ("--eval", test)):
         if loaded is not None and tuple(loaded[0].shape[1:]) != tuple(
             d if d is not None else s for d, s in zip(shape, loaded[0].shape[1:])

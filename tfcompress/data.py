@@ -157,7 +157,7 @@ def _image_folder(path, image_size, color_mode, what):
     return np.stack(xs), np.asarray(ys)
 
 
-def as_arrays(data, what="data", limit=None):
+def as_arrays(data, what="data", limit=None, steps=None):
     """`(x, y)` NumPy arrays from what `fit` takes; `y` is None for unlabelled data.
 
     Args:
@@ -165,20 +165,23 @@ def as_arrays(data, what="data", limit=None):
             yielding batches (`x` or `(x, y)`).
         what: how messages name the argument.
         limit: stop after this many samples (None: all; a generator must end).
+        steps: stop after this many batches (None: all).
 
     Raises:
         ValueError: for data that yields nothing, or mixes labelled and
             unlabelled batches.
     """
-    if isinstance(data, tuple) and len(data) == 2 and not _is_stream(data[0]):
+    if isinstance(data, tuple) and len(data) == 2 and not is_stream(data[0]):
         x, y = np.asarray(data[0]), np.asarray(data[1])
         return (x, y) if limit is None else (x[:limit], y[:limit])
-    if not _is_stream(data):
+    if not is_stream(data):
         x = np.asarray(data)
         return (x if limit is None else x[:limit]), None
     xs, ys, count = [], [], 0
     batches = data.as_numpy_iterator() if hasattr(data, "as_numpy_iterator") else data
-    for batch in batches:
+    for i, batch in enumerate(batches):
+        if steps is not None and i >= steps:
+            break
         labelled = isinstance(batch, tuple) and len(batch) >= 2
         xb = np.asarray(batch[0] if isinstance(batch, tuple) else batch)
         xs.append(xb)
@@ -188,14 +191,15 @@ def as_arrays(data, what="data", limit=None):
         if limit is not None and count >= limit:
             break
     if not xs:
-        raise ValueError(f"`{what}` yielded no batches")
+        raise ValueError(f"`{what}` yielded no batches. Received: {what}={data!r}")
     if ys and len(ys) != len(xs):
         raise ValueError(f"`{what}` mixes labelled and unlabelled batches")
     x = np.concatenate(xs)[:limit]
     return x, (np.concatenate(ys)[:limit] if ys else None)
 
 
-def _is_stream(data):
+def is_stream(data):
+    """Whether `data` is read batch by batch (a `tf.data.Dataset`, a generator or iterator)."""
     return hasattr(data, "element_spec") or (
         hasattr(data, "__next__") or (hasattr(data, "__iter__") and not hasattr(data, "shape")
                                       and not isinstance(data, (list, tuple)))

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcompress import _compat, _tempfiles
+from tfcompress import data as data_lib
 from tfcompress._tracing import export_trace
 from tfcompress.quantization import calibration as _calibration
 
@@ -311,6 +312,11 @@ def to_tflite(
         >>> LiteModel(blob).is_fully_int8()
         True
     """
+    if data_lib.is_stream(representative_data):
+        # A dataset or generator of batches: read the first samples, as calibration needs.
+        representative_data = data_lib.as_arrays(
+            representative_data, "representative_data", limit=1000
+        )[0]
     spec, qat = _validate(model, path, quantization, representative_data, int8_io)
     if calibration not in CALIBRATIONS:
         raise ValueError(

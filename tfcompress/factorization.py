@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfcompress import data as data_lib
 from tfcompress import layers_registry, surgery
 from tfcompress._serialization import register
 
@@ -553,13 +554,6 @@ layers_registry.register_layer(PCA)
 
 
 def _collect(data, steps):
-    if hasattr(data, "as_numpy_iterator"):
-        batches = []
-        for i, batch in enumerate(data.as_numpy_iterator()):
-            if steps is not None and i >= steps:
-                break
-            batches.append(batch[0] if isinstance(batch, tuple) else batch)
-        if not batches:
-            raise ValueError(f"`data` yielded no batches. Received: data={data!r}, steps={steps}")
-        return np.concatenate(batches).astype("float64")
+    if data_lib.is_stream(data):
+        return data_lib.as_arrays(data, "data", steps=steps)[0].astype("float64")
     return np.asarray(ops.convert_to_numpy(data), dtype="float64")

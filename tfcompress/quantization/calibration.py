@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from tfcompress import _tracing
+from tfcompress import data as data_lib
 from tfcompress.quantization import qat
 
 METHODS = ("minmax", "mse")
@@ -65,6 +66,10 @@ def calibrate(model, representative_data, *, method="mse", batch_size=32, **quan
         raise ValueError(
             f"`batch_size` must be an integer >= 1. Received: batch_size={batch_size!r}"
         )
+    if data_lib.is_stream(representative_data):
+        representative_data = data_lib.as_arrays(
+            representative_data, "representative_data", limit=1000
+        )[0]
     try:
         data = np.asarray(representative_data, dtype="float32")
     except (TypeError, ValueError) as e:
