@@ -51,7 +51,6 @@ def files(mlp, digits, tmp_path_factory):
     return root
 
 
-@pytest.mark.slow
 def test_python_api_prunes_quantizes_checks_and_keeps_the_baseline(mlp, digits, tmp_path):
     (x, y), (xt, yt) = digits
     before = [w.copy() for w in mlp.get_weights()]
@@ -77,9 +76,9 @@ def test_python_api_prunes_quantizes_checks_and_keeps_the_baseline(mlp, digits, 
     assert summary["file_accuracy"] == pytest.approx(result.file_accuracy)
     assert (tmp_path / "m.report.md").read_text().count("|") > 10
     assert (tmp_path / "m.report.png").stat().st_size > 0
+    assert (tmp_path / "m.sparsity.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.slow
 def test_train_as_dataset_or_generator_gives_the_same_file(mlp, digits):
     (x, y), _ = digits
     x, y = x[:256], y[:256]
@@ -134,7 +133,6 @@ def test_uncompiled_model_needs_a_loss(digits):
     assert len(result.tflite) > 0
 
 
-@pytest.mark.slow
 def test_cli_npz_with_keys_and_max_drop(files, capfd):
     out = files / "npz" / "m.tflite"
     argv = ["compress", str(files / "mlp.keras"), "--data", str(files / "train.npz"),
@@ -156,7 +154,6 @@ def test_cli_npz_with_keys_and_max_drop(files, capfd):
     assert tfc.export.LiteModel(out).is_fully_int8() and report["agreement"] >= 0.97
 
 
-@pytest.mark.slow
 def test_cli_max_drop_missed_exits_1_and_writes_nothing(files, capfd):
     out = files / "drop" / "m.tflite"
     argv = ["compress", str(files / "mlp.keras"), "--data", str(files / "train.npz"),
@@ -168,7 +165,6 @@ def test_cli_max_drop_missed_exits_1_and_writes_nothing(files, capfd):
     assert not (files / "drop").exists()
 
 
-@pytest.mark.slow
 def test_cli_csv_with_label_column(files, capfd):
     out = files / "csv" / "m.tflite"
     argv = ["compress", str(files / "mlp.keras"), "--data", str(files / "train.csv"),
@@ -179,7 +175,6 @@ def test_cli_csv_with_label_column(files, capfd):
     assert report["file_accuracy"] > 0.85 and report["agreement"] >= 0.98
 
 
-@pytest.mark.slow
 def test_cli_image_folder(tmp_path, digits, capfd):
     (x, y), (xt, yt) = digits
     keras.utils.set_random_seed(0)

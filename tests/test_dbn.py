@@ -65,6 +65,16 @@ def test_default_optimizer_is_sgd_with_momentum_0_9(momentum, same):
     assert (max(gaps) < 1e-6) == same
 
 
+def test_pretrain_reads_a_generator_as_its_array():
+    x = _binary()
+    from_array, from_generator = DBN([5, 3], seed=2), DBN([5, 3], seed=2)
+    from_array.pretrain(x, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    from_generator.pretrain((x[i:i + 16] for i in range(0, len(x), 16)), epochs=2,
+                            batch_size=16, shuffle=False, verbose=0)
+    for a, b in zip(from_array.weights, from_generator.weights):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
 def test_pretrain_returns_histories_runs_callbacks_and_freezes_lower_layers():
     x = _binary()
     dbn = DBN([6, 4], seed=0)

@@ -27,7 +27,8 @@ def test_demo_runs_every_step_and_reports_every_artifact(full_demo):
         for fmt in ("float", "dynamic", "float16", "int8"):
             assert (out / f"{tag}_{fmt}.tflite").stat().st_size > 0
     assert (out / "report.md").read_text().count("\n") >= 26
-    assert (out / "size_vs_accuracy.png").stat().st_size > 0
+    for figure in ("size_vs_accuracy.png", "rbm_filters.png", "mlp_pruned80_sparsity.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG", figure
 
 
 def test_demo_figures_hold_what_each_step_promises(full_demo):

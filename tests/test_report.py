@@ -114,3 +114,23 @@ def test_arguments_checked_before_anything_is_measured(tiny, monkeypatch):
         tfc.report.compression_report({"a": model}, x, y[:1])
     with pytest.raises(ValueError, match=r"models\['b'\]"):
         tfc.report.compression_report({"a": model, "b": 3}, x, y)
+
+
+def test_pareto_frontier_keeps_what_nothing_beats():
+    points = [(10, 90.0), (5, 85.0), (20, 89.0), (7, 85.0), (30, 95.0), (5, 80.0), (40, 95.0)]
+    # (20, 89) is beaten by (10, 90); (7, 85) and (5, 80) by (5, 85); (40, 95) by (30, 95).
+    assert tfc.plots.pareto_frontier(points) == [1, 0, 4]
+
+
+def test_sparsity_and_filter_plots(tmp_path):
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(6), keras.layers.Dense(2)])
+    kernel = model.layers[0].kernel
+    kernel.assign(np.where(np.arange(96).reshape(16, 6) % 4 == 0, 0.0, kernel.numpy()))
+    for path, draw in (
+        (tmp_path / "s.png", lambda p: tfc.plots.sparsity(model, p)),
+        (tmp_path / "f.png", lambda p: tfc.plots.filters(kernel, p, (4, 4))),
+    ):
+        assert draw(path) == path and path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"Received: image_shape=\(4, 5\), kernel.shape=\(16, 6\)"):
+        tfc.plots.filters(kernel, tmp_path / "bad.png", (4, 5))
+    assert not (tmp_path / "bad.png").exists()

@@ -11,6 +11,7 @@ pruning, quantization-aware training and TFLite export.
 import keras
 import numpy as np
 
+from tfcompress import data as data_lib
 from tfcompress._serialization import register
 from tfcompress.rbm import RBM
 
@@ -108,12 +109,13 @@ class DBN(keras.Model):
         """Trains the RBMs greedily, bottom to top, each through `fit`.
 
         RBM i is trained by CD on the hidden probabilities of RBMs 0..i-1
-        (frozen, computed in the training graph), so `x` may be an array or a
-        `tf.data.Dataset` of unlabeled batches. Runs inside the strategy the
+        (frozen, computed in the training graph), so `x` may be an array, a
+        `tf.data.Dataset` of unlabeled batches, or a generator of batches
+        (read into memory once: every RBM makes its own passes). Runs inside the strategy the
         DBN was created under.
 
         Args:
-            x: unlabeled training data (array or dataset of batches).
+            x: unlabeled training data (array, dataset or generator of batches).
             epochs: epochs per RBM, an int or a list with one int per RBM.
             batch_size: batch size (arrays only).
             optimizer: a Keras optimizer (or its name); each RBM gets a fresh
@@ -156,6 +158,9 @@ class DBN(keras.Model):
                 f"`batch_size` must be None or an int >= 1. Received: batch_size={batch_size!r}"
             )
         _check_optimizer(optimizer)
+        if data_lib.is_stream(x) and not hasattr(x, "element_spec"):
+            # A generator is read once, and every RBM needs its own passes: hold it.
+            x = data_lib.as_arrays(x, "x")[0]
         is_array = not hasattr(x, "element_spec")
         if is_array:
             x = self.rbms[0].validate_array(x, "x").astype("float32")

@@ -15,7 +15,7 @@ import time
 import keras
 import numpy as np
 
-from tfcompress import clustering, export, pruning, surgery
+from tfcompress import clustering, export, plots, pruning, surgery
 from tfcompress import data as data_lib
 from tfcompress.quantization import quantize_model
 from tfcompress.report import compression_report
@@ -156,7 +156,8 @@ def compress(
         learning_rate: fine-tuning learning rate (default: the model's optimizer's).
         output: where to write the `.tflite` file (atomically), with
             `.report.md`, `.report.json` and, when matplotlib is installed,
-            `.report.png` beside it. None: nothing is written.
+            `.report.png` (size vs accuracy) and, after pruning,
+            `.sparsity.png` beside it. None: nothing is written.
         verbose: 0 silent, 1 step lines and Keras progress bars.
         log: callable taking a line (default: `print` when `verbose`).
 
@@ -317,21 +318,22 @@ def compress(
 def _report_paths(output):
     stem = os.fspath(output)
     stem = stem[: -len(".tflite")] if stem.endswith(".tflite") else stem
-    return [f"{stem}.report.{ext}" for ext in ("md", "json", "png")]
+    return [f"{stem}.report.{ext}" for ext in ("md", "json", "png")] + [f"{stem}.sparsity.png"]
 
 
 def write(result, output):
     """Writes the file (atomically) and its report beside it; returns the paths written."""
-    md, js, png = _report_paths(output)
+    md, js, png, sparsity_png = _report_paths(output)
     export.write_atomic(output, result.tflite)
     export.write_atomic(md, (result.report.to_markdown() + "\n").encode())
     export.write_atomic(js, (json.dumps(result.summary(), indent=1) + "\n").encode())
     paths = [os.fspath(output), md, js]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return paths
     if result.baseline_accuracy is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return paths
-        result.report.plot(png)
-        paths.append(png)
+        paths.append(result.report.plot(png))
+    if any(name == "prune" for name, _ in result.steps):
+        paths.append(plots.sparsity(result.model, sparsity_png))
     return paths

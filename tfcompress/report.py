@@ -12,7 +12,7 @@ import os
 import keras
 import numpy as np
 
-from tfcompress import _tempfiles
+from tfcompress import _tempfiles, plots
 from tfcompress.export import LiteModel, input_spec, to_tflite
 
 COLUMNS = (
@@ -154,32 +154,11 @@ class CompressionReport:
         return "\n".join(lines)
 
     def plot(self, path):
-        """Writes a size-vs-accuracy scatter plot (gzip bytes, log scale) to a PNG."""
-        try:
-            # A bare Figure draws without pyplot, so the caller's backend (a notebook's
-            # inline one, say) is left as it was.
-            from matplotlib.figure import Figure
-        except ImportError as e:
-            raise ImportError(
-                "plot() needs matplotlib: pip install 'tfcompress[plots]'"
-            ) from e
-        rows = [r for r in self.rows if r["accuracy"] is not None]
-        if not rows:
-            raise ValueError("plot() needs accuracies: build the report with `x` and `y`.")
-        fig = Figure(figsize=(7, 4.5))
-        ax = fig.subplots()
-        for row in rows:
-            ax.scatter(row["gzip_bytes"] / 1024, 100 * row["accuracy"])
-            ax.annotate(row["name"], (row["gzip_bytes"] / 1024, 100 * row["accuracy"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel("gzip size of the deployable file (KiB, log scale)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title("tfcompress: size vs accuracy")
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        return path
+        """Writes the size-vs-accuracy chart (gzip bytes, log scale, Pareto frontier) to a PNG.
+
+        See `tfcompress.plots.size_accuracy`; needs matplotlib (`tfcompress[plots]`).
+        """
+        return plots.size_accuracy(self.rows, path)
 
 
 def compression_report(models, x=None, y=None, *, latency_runs=100):

@@ -37,6 +37,16 @@ class DemoContext:
             model_or_path = str(model_or_path)
         self.rows[name] = model_or_path
 
+    def figure(self, filename, draw):
+        """Calls `draw(path)` for a PNG in the output folder; without matplotlib, says so."""
+        path = self.out_dir / filename
+        try:
+            draw(path)
+        except ImportError:
+            self.log(f"no {filename}: matplotlib is missing (pip install 'tfcompress[plots]')")
+            return
+        self.log(f"wrote {path}")
+
 
 def run(out_dir="saved_models", steps=None, log=print):
     """Runs the demo steps in order and writes the report next to the artifacts.
@@ -65,10 +75,7 @@ def run(out_dir="saved_models", steps=None, log=print):
     result = report.compression_report(ctx.rows, x_test, y_test, latency_runs=50)
     (ctx.out_dir / "report.md").write_text(result.to_markdown() + "\n")
     (ctx.out_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    try:
-        result.plot(ctx.out_dir / "size_vs_accuracy.png")
-    except ImportError:
-        log("matplotlib is not installed: no plot (pip install 'tfcompress[plots]')")
+    ctx.figure("size_vs_accuracy.png", result.plot)
     log(str(result))
     log(f"demo finished in {time.perf_counter() - start:.1f} s; artifacts in {ctx.out_dir}/")
     return result

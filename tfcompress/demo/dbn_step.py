@@ -2,7 +2,7 @@
 
 import keras
 
-from tfcompress import export
+from tfcompress import export, plots
 from tfcompress.dbn import DBN
 from tfcompress.demo.pruning_step import prune_80_and_export
 
@@ -19,6 +19,10 @@ def run(ctx):
         + ", ".join(f"rbm_{i} {e[0]:.4f} -> {e[-1]:.4f}" for i, e in enumerate(errors))
     )
     dbn.save(ctx.out_dir / "dbn.keras")
+    ctx.figure(
+        "rbm_filters.png",
+        lambda path: plots.filters(dbn.rbms[0].kernel, path, (8, 8), title="DBN's first RBM"),
+    )
 
     clf = dbn.to_classifier(10)
     clf.compile(keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",

@@ -2,7 +2,7 @@
 
 import keras
 
-from tfcompress import export, pruning
+from tfcompress import export, plots, pruning
 from tfcompress.demo.foundation_step import digits_mlp, train
 
 
@@ -40,6 +40,7 @@ def run(ctx):
     model.set_weights(float_model.get_weights())
     pruned, path = prune_80_and_export(ctx, model, x, y, loss, "mlp_pruned80", "magnitude pruning")
     ctx.add("mlp pruned 80% keras", pruned)
+    ctx.figure("mlp_pruned80_sparsity.png", lambda p: plots.sparsity(pruned, p))
     ctx.add("mlp pruned 80% int8", path)
 
     small = pruning.prune_units(float_model, fraction=0.5)
