@@ -14,6 +14,8 @@ setup(
         "keras>=3.0",
         "numpy",
         "ai-edge-litert",
+        # int4, int16x8 and recipes: the maintained LiteRT-level quantizer.
+        "ai-edge-quantizer",
         # load_digits reads scikit-learn's bundled copy: nothing is downloaded.
         "scikit-learn",
     ],

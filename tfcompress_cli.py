@@ -62,7 +62,8 @@ def build_parser():
     p.add_argument("--cluster", type=int, metavar="K", help="K shared values per kernel")
     p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs")
     p.add_argument(
-        "--quantization", choices=["int8", "dynamic", "float16", "none"], default="int8",
+        "--quantization", choices=["int8", "int4", "int16x8", "dynamic", "float16", "none"],
+        default="int8",
         help="how the file is quantized (default: int8, full integer)",
     )
     p.add_argument("--max-drop", type=float, metavar="POINTS",
@@ -87,7 +88,9 @@ def build_parser():
     )
     p.add_argument("model", help="a .keras model file")
     p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
-    p.add_argument("--quantization", choices=["dynamic", "float16", "int8"], default=None)
+    p.add_argument(
+        "--quantization", choices=["dynamic", "float16", "int8", "int4", "int16x8"], default=None
+    )
     p.add_argument(
         "--calibration",
         help="inputs for int8: a .npy array, any --data form of 'compress', or 'digits'",

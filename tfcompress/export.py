@@ -18,6 +18,7 @@ from tfcompress import _compat, _tempfiles
 from tfcompress import data as data_lib
 from tfcompress._tracing import export_trace
 from tfcompress.quantization import calibration as _calibration
+from tfcompress.quantization import litert as _litert
 
 try:
     from ai_edge_litert.interpreter import Interpreter as _Interpreter
@@ -26,12 +27,16 @@ except ImportError:  # pragma: no cover - ai-edge-litert is a declared dependenc
 
 _schema = _compat.tflite_schema()
 
-QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+QUANTIZATIONS = (None, "dynamic", "float16", "int8", "int4", "int16x8")
+# Done on the float file by the AI Edge Quantizer (tfcompress.quantization.litert).
+_FILE_LEVEL = ("int4", "int16x8")
 CALIBRATIONS = ("converter", "minmax", "mse")
 
 # Ops that only move data in or out of the int8 domain at the edges of a model.
 _BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 _FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
+_BITS = {"INT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16, "FLOAT16": 16, "BFLOAT16": 16,
+         "INT32": 32, "FLOAT32": 32, "INT64": 64, "FLOAT64": 64}
 _OP_NAMES = {v: k for k, v in vars(_schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
 
@@ -121,6 +126,16 @@ def _validate(model, path, quantization, representative_data, int8_io):
             f"Received: quantization={quantization!r}, int8_io={int8_io}"
         )
     qat = is_quantization_aware(model)
+    if quantization in _FILE_LEVEL and qat:
+        raise ValueError(
+            f"`quantization={quantization!r}` quantizes a float file; a quantization-aware "
+            "model exports as int8 (quantization='int8'). Received: a quantization-aware model"
+        )
+    if quantization == "int16x8" and representative_data is None:
+        raise ValueError(
+            "`quantization='int16x8'` calibrates int16 activation ranges: pass "
+            "`representative_data` (a few hundred inputs). Received: representative_data=None"
+        )
     if quantization == "int8" and representative_data is None and not qat:
         raise ValueError(
             "`quantization='int8'` needs `representative_data` (a few hundred inputs to "
@@ -225,6 +240,13 @@ def _configure(
             converter.inference_output_type = tf.int8
 
 
+def _unpack_int4(data, count):
+    """Signed 4-bit values packed two a byte, low nibble first, as int8."""
+    packed = np.frombuffer(data, dtype=np.uint8)
+    values = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1).astype(np.int8)
+    return np.where(values > 7, values - 16, values).astype(np.int8)[:count]
+
+
 def _umask():
     mask = os.umask(0o022)
     os.umask(mask)
@@ -265,6 +287,7 @@ def to_tflite(
     int8_io=False,
     per_channel_dense=False,
     calibration="converter",
+    recipe=None,
 ):
     """Converts a Keras 3 model to a TFLite flatbuffer, optionally quantized.
 
@@ -275,10 +298,14 @@ def to_tflite(
             return the bytes. The file is written atomically: a failed
             conversion never leaves a partial file behind.
         quantization: None (float32), `"dynamic"` (int8 weights, float
-            activations), `"float16"` (float16 weights) or `"int8"` (full
+            activations), `"float16"` (float16 weights), `"int8"` (full
             integer: every compute op on int8 tensors, activation ranges
             calibrated on `representative_data`, or taken from the fake-quant
-            ops of a quantization-aware model).
+            ops of a quantization-aware model), `"int4"` (int4 weights per
+            channel, activations quantized to int8 on the fly) or
+            `"int16x8"` (int8 weights, int16 activations calibrated on
+            `representative_data`). The last two are made from the float file
+            by the AI Edge Quantizer (`tfcompress.quantization.litert`).
         representative_data: array of inputs, shape (N, *input_shape[1:]),
             used to calibrate `"int8"`; a few hundred samples are plenty.
         int8_io: with `"int8"`, make the model's input and output int8 as
@@ -295,6 +322,12 @@ def to_tflite(
             `"mse"` picks each range for the least rounding-plus-clipping
             error, and agrees better with the float model on CNNs; see
             BENCHMARKS.md). Ignored for quantization-aware models.
+        recipe: an AI Edge Quantizer recipe applied to the float file
+            instead of `quantization` (leave that None): the name of one of
+            its predefined recipes (`"weight_only_wi4_afp32"`,
+            `"static_wi8_ai8"`, ...; `tfc.quantization.litert.recipe_names()`)
+            or a recipe in its list-of-dicts form (per-layer regexes,
+            block-wise int4). Static recipes calibrate on `representative_data`.
 
     Returns:
         The TFLite flatbuffer as `bytes`.
@@ -322,6 +355,24 @@ def to_tflite(
         raise ValueError(
             f"`calibration` must be one of {CALIBRATIONS}. Received: calibration={calibration!r}"
         )
+    if recipe is not None and quantization is not None:
+        raise ValueError(
+            "Pass `recipe` or `quantization`, not both: a recipe says how to quantize. "
+            f"Received: quantization={quantization!r}, recipe={recipe!r}"
+        )
+    if recipe is not None or quantization in _FILE_LEVEL:
+        steps = _litert.resolve(recipe if recipe is not None else _litert.MODES[quantization])
+        if int8_io:
+            raise ValueError(
+                "`int8_io=True` goes with quantization='int8'. "
+                f"Received: quantization={quantization!r}, recipe={recipe!r}"
+            )
+        blob = _litert.quantize_file(
+            _convert(model, spec, lambda converter: None), steps, representative_data
+        )
+        if path is not None:
+            write_atomic(path, blob)
+        return blob
     if quantization == "int8" and not qat and calibration != "converter":
         model, qat = _calibration.calibrate(model, representative_data, method=calibration), True
     blob = _convert(
@@ -453,9 +504,36 @@ class LiteModel:
             and any(_TYPE_NAMES.get(t.type) in _FLOAT_TYPES for t in tensors)
         }
 
+    def wide_int_ops(self):
+        """Compute ops that read or write an int16 tensor (int16x8 activations)."""
+        return {
+            name
+            for name, tensors in self._op_tensors()
+            if name not in _BOUNDARY_OPS
+            and any(_TYPE_NAMES.get(t.type) == "INT16" for t in tensors)
+        }
+
     def is_fully_int8(self):
-        """True when every compute op runs on integer tensors only."""
-        return not self.float_ops()
+        """True when every compute op runs on 8-bit integer tensors (int32 biases aside)."""
+        return not self.float_ops() and not self.wide_int_ops()
+
+    def weight_bits(self):
+        """Bits per value of each constant tensor: {name: 4, 8, 16 or 32}."""
+        graph = self._flat.subgraphs[0]
+        return {
+            (t.name.decode() if isinstance(t.name, bytes) else t.name): _BITS.get(
+                _TYPE_NAMES.get(t.type, ""), 0
+            )
+            for t in graph.tensors
+            if self._flat.buffers[t.buffer].data is not None
+            and len(self._flat.buffers[t.buffer].data)
+        }
+
+    def signature_input(self):
+        """(signature key, input name) of the file's single-input signature."""
+        signatures = self._interpreter.get_signature_list()
+        key = next(iter(signatures))
+        return key, signatures[key]["inputs"][0]
 
     def weights(self):
         """Constant tensors of the file: {name: (values, zero_point)}.
@@ -474,8 +552,11 @@ class LiteModel:
             quantized = q is not None and q.scale is not None and len(q.scale) > 0
             if type_name in ("INT32", "INT64") and not quantized:
                 continue
-            dtype = np.dtype(type_name.lower()) if type_name != "FLOAT16" else np.float16
-            values = np.frombuffer(bytes(bytearray(data)), dtype=dtype)
+            if type_name == "INT4":
+                values = _unpack_int4(bytes(bytearray(data)), int(np.prod(t.shape)))
+            else:
+                dtype = np.dtype(type_name.lower()) if type_name != "FLOAT16" else np.float16
+                values = np.frombuffer(bytes(bytearray(data)), dtype=dtype)
             zero_point = int(q.zeroPoint[0]) if quantized and q.zeroPoint is not None else 0
             result[t.name.decode() if isinstance(t.name, bytes) else t.name] = (values, zero_point)
         return result

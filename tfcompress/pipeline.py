@@ -20,7 +20,7 @@ from tfcompress import data as data_lib
 from tfcompress.quantization import quantize_model
 from tfcompress.report import compression_report
 
-QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+QUANTIZATIONS = (None, "dynamic", "float16", "int8", "int4", "int16x8")
 
 
 class CompressionError(Exception):
@@ -145,7 +145,9 @@ def compress(
         cluster: number of shared values per kernel (>= 2).
         qat_epochs: epochs of quantization-aware training (int8 only; 0: PTQ).
         quantization: `"int8"` (full integer, calibrated on `train`),
-            `"dynamic"`, `"float16"` or None (a float file).
+            `"int4"` (int4 weights), `"int16x8"` (int16 activations, calibrated
+            on `train`), `"dynamic"`, `"float16"` or None (a float file); see
+            `tfc.export.to_tflite`.
         max_drop: the most test accuracy (in points, 0-100) the file may lose
             against the float model; missing it raises `CompressionError` and
             writes nothing.
@@ -278,7 +280,7 @@ def compress(
         )
         done()
     step("export", f"exporting ({quantization or 'float'}) and checking the file")
-    calibration = x[:300] if quantization == "int8" and not qat_epochs else None
+    calibration = x[:300] if quantization in ("int8", "int16x8") and not qat_epochs else None
     blob = export.to_tflite(work, quantization=quantization, representative_data=calibration)
     report = compression_report(
         {"float (Keras)": model, "compressed (TFLite)": blob}, x_eval, y_eval, latency_runs=50

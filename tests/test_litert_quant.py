@@ -1,0 +1,129 @@
+"""int4 weights, int16x8 activations and AI Edge Quantizer recipes (quantization.litert)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress as tfc
+from tfcompress import cli
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    """The digits MLP 64-256-128-10 of the issue's table."""
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=20, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(mlp, digits):
+    (x, _), _ = digits
+    return {
+        "int8": tfc.export.to_tflite(mlp, quantization="int8", representative_data=x[:300]),
+        "int4": tfc.export.to_tflite(mlp, quantization="int4"),
+        "int16x8": tfc.export.to_tflite(mlp, quantization="int16x8", representative_data=x[:300]),
+        "weight_only_wi4_afp32": tfc.export.to_tflite(mlp, recipe="weight_only_wi4_afp32"),
+    }
+
+
+def test_int4_file_is_smaller_and_as_accurate(mlp, files, digits):
+    _, (xt, yt) = digits
+    float_acc = np.mean(mlp.predict(xt, verbose=0).argmax(-1) == yt)
+    int4 = tfc.export.LiteModel(files["int4"])
+    assert len(files["int4"]) <= 0.65 * len(files["int8"])
+    assert int4.evaluate(xt, yt) >= float_acc - 0.01
+    assert not int4.is_fully_int8()  # float activations, quantized on the fly
+    bits = int4.weight_bits()
+    kernels = [name for name, b in bits.items() if b == 4]
+    assert len(kernels) == 3 and set(bits.values()) <= {4, 32}
+
+
+def test_int4_values_unpack_to_the_keras_kernels(mlp, files):
+    # Two 4-bit values a byte, low nibble first: unpacked in the wrong order, the
+    # values would not follow the Keras kernels.
+    lite = tfc.export.LiteModel(files["int4"])
+    bits = lite.weight_bits()
+    int4 = sorted(
+        (v for name, (v, _) in lite.weights().items() if bits[name] == 4), key=lambda v: v.size
+    )
+    kernels = sorted((k for k in mlp.get_weights() if k.ndim == 2), key=lambda k: k.size)
+    for values, kernel in zip(int4, kernels):
+        assert values.size == kernel.size and -8 <= values.min() and values.max() <= 7
+        rows = values.reshape(kernel.shape[1], kernel.shape[0])  # (out, in), as TFLite keeps it
+        # Symmetric per-channel scales: max |w| of the channel is 7 steps.
+        scale = np.abs(kernel.T).max(axis=1, keepdims=True) / 7
+        assert np.all(np.abs(rows * scale - kernel.T) <= 0.5 * scale + 1e-6)
+
+
+def test_int16x8_agrees_with_float_keras(mlp, files, digits):
+    _, (xt, _) = digits
+    lite = tfc.export.LiteModel(files["int16x8"])
+    agree = np.mean(lite.predict(xt).argmax(-1) == mlp.predict(xt, verbose=0).argmax(-1))
+    assert agree >= 0.995
+    assert lite.wide_int_ops() == {"FULLY_CONNECTED"} and not lite.float_ops()
+    assert not lite.is_fully_int8()  # int16 activations are not int8
+    assert tfc.export.LiteModel(files["int8"]).is_fully_int8()
+
+
+def test_recipe_by_name_and_by_list(mlp, files, digits):
+    _, (xt, yt) = digits
+    by_name = tfc.export.LiteModel(files["weight_only_wi4_afp32"])
+    assert "DEQUANTIZE" in by_name.ops() and 4 in by_name.weight_bits().values()
+    steps = tfc.quantization.litert.resolve("dynamic_wi4_afp32")
+    assert tfc.export.to_tflite(mlp, recipe=steps) == files["int4"]
+    assert by_name.evaluate(xt, yt) > 0.94
+    assert "static_wi8_ai16" in tfc.quantization.litert.recipe_names()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(recipe="int3_magic"), "Received: recipe='int3_magic'"),
+        (dict(recipe=[]), r"Received: recipe=\[\]"),
+        (dict(recipe=42), "Received: recipe=42"),
+        (dict(quantization="int16x8"), "Received: representative_data=None"),
+        (dict(recipe="static_wi8_ai8"), "Received: representative_data=None"),
+        (dict(quantization="int4", recipe="static_wi8_ai8"), "not both"),
+        (dict(quantization="int4", int8_io=True), "Received: quantization='int4'"),
+        (dict(quantization="int2"), "Received: quantization='int2'"),
+    ],
+)
+def test_bad_recipes_and_modes_write_nothing(mlp, tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tfc.export.to_tflite(mlp, tmp_path / "m.tflite", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_qat_model_refuses_file_level_modes(digits):
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+    qat = tfc.quantization.quantize_model(model)
+    with pytest.raises(ValueError, match="quantization-aware"):
+        tfc.export.to_tflite(qat, quantization="int4")
+
+
+def test_cli_export_and_compress_take_int4_and_int16x8(mlp, digits, tmp_path):
+    (x, y), (xt, yt) = digits
+    mlp.save(tmp_path / "mlp.keras")
+    np.save(tmp_path / "x.npy", x[:200])
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "test.npz", x=xt, y=yt)
+    assert cli.main(["export", str(tmp_path / "mlp.keras"), "-o", str(tmp_path / "e.tflite"),
+                     "--quantization", "int16x8", "--calibration", str(tmp_path / "x.npy")]) == 0
+    assert tfc.export.LiteModel(tmp_path / "e.tflite").wide_int_ops()
+    assert cli.main(["compress", str(tmp_path / "mlp.keras"), "--data", str(tmp_path / "train.npz"),
+                     "--eval", str(tmp_path / "test.npz"), "--quantization", "int4",
+                     "--units", "0.25", "--epochs", "1", "-o", str(tmp_path / "c.tflite")]) == 0
+    report = json.loads((tmp_path / "c.report.json").read_text())
+    assert report["agreement"] >= 0.98
+    assert 4 in tfc.export.LiteModel(tmp_path / "c.tflite").weight_bits().values()
