@@ -267,6 +267,7 @@ def test_as_arrays_forms():
         np.testing.assert_array_equal(got_y, y)
     got_x, got_y = tfc.data.as_arrays(tf.data.Dataset.from_tensor_slices(x).batch(4), limit=5)
     assert got_y is None and got_x.shape == (5, 2)
+    assert not any(map(tfc.data.is_stream, ("x.npy", b"ab", [1, 2], x, {"x": x})))
     with pytest.raises(ValueError, match="`calibration` yielded no batches"):
         tfc.data.as_arrays(iter(()), "calibration")
 

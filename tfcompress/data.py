@@ -200,7 +200,8 @@ def as_arrays(data, what="data", limit=None, steps=None):
 
 def is_stream(data):
     """Whether `data` is read batch by batch (a `tf.data.Dataset`, a generator or iterator)."""
-    return hasattr(data, "element_spec") or (
-        hasattr(data, "__next__") or (hasattr(data, "__iter__") and not hasattr(data, "shape")
-                                      and not isinstance(data, (list, tuple)))
-    )
+    if hasattr(data, "element_spec"):
+        return True
+    if isinstance(data, (str, bytes, list, tuple, dict)) or hasattr(data, "shape"):
+        return False
+    return hasattr(data, "__next__") or hasattr(data, "__iter__")
