@@ -91,7 +91,7 @@ def test_bad_arguments_exit_2_with_one_line(saved_mlp, tmp_path, capsys):
         ["export", str(saved_mlp), "-o", str(tmp_path / "m.txt")],
         ["report", str(tmp_path / "missing.tflite")],
         ["report", str(saved_mlp), "--data", str(tmp_path / "bad.npy")],
-        ["export", str(saved_mlp), "-o", str(tmp_path / "m.tflite"), "--quantization", "int4"],
+        ["export", str(saved_mlp), "-o", str(tmp_path / "m.tflite"), "--quantization", "int3"],
     ]
     for argv in cases:
         capsys.readouterr()
@@ -126,8 +126,8 @@ def test_help_answers_without_tensorflow(argv, record_property):
         (["export", "missing.keras", "-o", "m.tflite"],
          "cannot load MODEL 'missing.keras': no such file"),
         (["export", __file__, "-o", "m.tflite"], "MODEL must be a .keras file"),
-        (["export", "missing.keras", "-o", "m.tflite", "--quantization", "int4"],
-         "invalid choice: 'int4'"),
+        (["export", "missing.keras", "-o", "m.tflite", "--quantization", "int3"],
+         "invalid choice: 'int3'"),
         (["report", "missing.tflite"], "cannot load MODEL 'missing.tflite': no such file"),
         (["report", "--data", "x.npy", "--", "missing.tflite"], "cannot load MODEL"),
         (["demo", "--steps"], "argument --steps: expected at least one argument"),

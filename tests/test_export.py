@@ -222,7 +222,7 @@ def test_written_file_equals_returned_bytes(mlp, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"quantization": "int4"}, "quantization='int4'"),
+        ({"quantization": "int3"}, "quantization='int3'"),
         ({"quantization": "int8"}, "representative_data=None"),
         ({"quantization": "int8", "representative_data": np.zeros((10, 63), "float32")},
          r"representative_data.shape=\(10, 63\)"),

@@ -10,20 +10,21 @@ import tfcompress as tfc
 from tfcompress import cli
 
 
+def _trained_mlp(digits, hidden, epochs):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Dense(n, activation="relu", name=f"d{i + 1}")
+              for i, n in enumerate(hidden)]
+    model = keras.Sequential([keras.Input((64,)), *layers, keras.layers.Dense(10, name="out")])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=epochs, verbose=0)
+    return model
+
+
 @pytest.fixture(scope="module")
 def mlp(digits):
     """The digits MLP 64-256-128-10 of the issue's table."""
-    (x, y), _ = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((64,)),
-        keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dense(10),
-    ])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=20, verbose=0)
-    return model
+    return _trained_mlp(digits, (256, 128), 20)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,70 @@ def test_cli_export_and_compress_take_int4_and_int16x8(mlp, digits, tmp_path):
     report = json.loads((tmp_path / "c.report.json").read_text())
     assert report["agreement"] >= 0.98
     assert 4 in tfc.export.LiteModel(tmp_path / "c.tflite").weight_bits().values()
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    return _trained_mlp(digits, (64, 32), 10)
+
+
+def test_sensitivity_ranks_the_layer_that_int4_hurts_first(small, digits):
+    _, (xt, yt) = digits
+    report = tfc.quantization.sensitivity(small, xt, yt, quantization="int4")
+    assert sorted(r["layer"] for r in report.rows) == ["d1", "d2", "out"]
+    assert all(r["error"] > 0 for r in report.rows)
+    # One large weight per output unit of d2 stretches each channel's int4 grid:
+    # the rest of d2 rounds to zero, so d2 alone moves the file the most.
+    skewed = keras.models.clone_model(small)
+    skewed.set_weights(small.get_weights())
+    kernel = skewed.get_layer("d2").kernel.numpy()
+    kernel[0] = 40 * np.abs(kernel).max()
+    skewed.get_layer("d2").kernel.assign(kernel)
+    ranked = tfc.quantization.sensitivity(skewed, xt, quantization="int4").ranking()
+    assert ranked[0] == "d2"
+    assert "d2" in str(tfc.quantization.sensitivity(skewed, xt[:50], yt[:50]))
+
+
+def test_mixed_precision_keeps_the_fewest_most_sensitive_layers(small, digits):
+    _, (xt, yt) = digits
+    everything = tfc.quantization.mixed_precision(small, (xt, yt), 0.0, quantization="int4")
+    assert everything.accuracy == pytest.approx(everything.float_accuracy)
+    ranking = everything.sensitivity.ranking() if everything.sensitivity else []
+    assert everything.kept_float == ranking[: len(everything.kept_float)]
+    if everything.kept_float:
+        assert everything.evaluations == 1 + 3 + len(everything.kept_float)
+    loose = tfc.quantization.mixed_precision(small, (xt, yt), 100.0, quantization="int4")
+    assert loose.kept_float == [] and loose.evaluations == 1
+    assert 4 in tfc.export.LiteModel(loose.tflite).weight_bits().values()
+
+
+def test_to_tflite_max_accuracy_drop_writes_the_file_and_names_kept_layers(small, digits, tmp_path):
+    _, (xt, yt) = digits
+    path = tmp_path / "m.tflite"
+    with pytest.warns(UserWarning, match="these layers stay float") as caught:
+        blob = tfc.export.to_tflite(small, path, quantization="int4", max_accuracy_drop=0.0,
+                                    eval_data=(xt, yt))
+    messages = [str(w.message) for w in caught if "stay float" in str(w.message)]
+    assert path.read_bytes() == blob and "files evaluated" in messages[0]
+    lite = tfc.export.LiteModel(blob)
+    float_acc = np.mean(small.predict(xt, verbose=0).argmax(-1) == yt)
+    assert lite.evaluate(xt, yt) >= float_acc - 1e-9
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(quantization="int8", max_accuracy_drop=-1.0), "Received: max_accuracy_drop=-1.0"),
+        (dict(quantization="int8", max_accuracy_drop=0.5), "eval_data is None=True"),
+        (dict(quantization="dynamic", max_accuracy_drop=0.5), "Received: quantization='dynamic'"),
+        (dict(quantization="int8", max_accuracy_drop=0.5, eval_data=np.zeros((4, 64))),
+         "`eval_data` must be an \\(x, y\\) tuple"),
+        (dict(quantization="int8", max_accuracy_drop=0.5,
+              eval_data=(np.zeros((4, 64)), np.zeros(3))), "labels must be one per input"),
+    ],
+)
+def test_bad_mixed_precision_arguments_write_nothing(small, tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tfc.export.to_tflite(small, tmp_path / "m.tflite", representative_data=np.zeros((4, 64)),
+                             **kwargs)
+    assert list(tmp_path.iterdir()) == []

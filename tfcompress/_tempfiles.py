@@ -75,3 +75,34 @@ def mkstemp(directory, prefix, suffix=""):
     """`tempfile.mkstemp` in `directory` with an owner-tagged name, after a sweep."""
     sweep(directory, prefix)
     return tempfile.mkstemp(dir=directory, prefix=_owner_prefix(prefix), suffix=suffix)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path, data):
+    """Writes bytes to `path` through a temporary file and a rename.
+
+    A failure at any point leaves no file at `path` (and no temporary file);
+    the temporary file of a process killed outright is removed by the next
+    write into the same directory.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = mkstemp(directory, ".tmp-", suffix=".tflite")
+    try:
+        # mkstemp creates the file owner-only (0o600); give it the mode `open` would.
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -5,41 +5,26 @@ without post-training quantization, and writes the file atomically.
 `LiteModel` runs a file on the LiteRT interpreter and inspects what it holds.
 """
 
-import contextlib
 import os
-import time
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import _compat, _tempfiles
+from tfcompress import _compat, conversion
 from tfcompress import data as data_lib
-from tfcompress._tracing import export_trace
+from tfcompress._tempfiles import write_atomic
+from tfcompress.conversion import input_spec
+from tfcompress.litemodel import LiteModel
 from tfcompress.quantization import calibration as _calibration
 from tfcompress.quantization import litert as _litert
-
-try:
-    from ai_edge_litert.interpreter import Interpreter as _Interpreter
-except ImportError:  # pragma: no cover - ai-edge-litert is a declared dependency
-    _Interpreter = tf.lite.Interpreter
-
-_schema = _compat.tflite_schema()
+from tfcompress.quantization import precision as _precision
 
 QUANTIZATIONS = (None, "dynamic", "float16", "int8", "int4", "int16x8")
 # Done on the float file by the AI Edge Quantizer (tfcompress.quantization.litert).
 _FILE_LEVEL = ("int4", "int16x8")
 CALIBRATIONS = ("converter", "minmax", "mse")
-
-# Ops that only move data in or out of the int8 domain at the edges of a model.
-_BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
-_FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
-_BITS = {"INT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16, "FLOAT16": 16, "BFLOAT16": 16,
-         "INT32": 32, "FLOAT32": 32, "INT64": 64, "FLOAT64": 64}
-_OP_NAMES = {v: k for k, v in vars(_schema.BuiltinOperator).items() if not k.startswith("_")}
-_TYPE_NAMES = {v: k for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
-
 
 def is_quantization_aware(model):
     """True when some layer of `model` carries fake-quant ops (a QAT model).
@@ -49,45 +34,6 @@ def is_quantization_aware(model):
     needed.
     """
     return any(getattr(layer, "tfc_fake_quant", False) for layer in _compat.flatten_layers(model))
-
-
-def input_spec(model, representative_data=None):
-    """The `tf.TensorSpec` of a model's single input, batch dimension left free.
-
-    Args:
-        model: a built `keras.Model` with one input. A subclassed model has no
-            `inputs`: the shape it was built with is used.
-        representative_data: inputs to take the shape from when the model
-            knows none (optional).
-
-    Returns:
-        A `tf.TensorSpec` of shape `(None, ...)`.
-
-    Raises:
-        ValueError: if the model has several inputs, or no known input shape
-            and no `representative_data`.
-    """
-    inputs = getattr(model, "inputs", None)
-    if inputs:
-        if len(inputs) != 1:
-            raise ValueError(
-                "to_tflite supports single-input models. "
-                f"Received: a model with {len(inputs)} inputs"
-            )
-        shape, dtype = tuple(inputs[0].shape), inputs[0].dtype
-    else:
-        build_config = model.get_build_config() or {}
-        if build_config.get("input_shape") is not None:
-            shape = tuple(build_config["input_shape"])
-        elif representative_data is not None:
-            shape = (None,) + tuple(np.shape(representative_data)[1:])
-        else:
-            raise ValueError(
-                "The model has no known input shape: build it first (call it on data or "
-                f"`model.build(input_shape)`). Received: model={model.name!r} (built={model.built})"
-            )
-        dtype = "float32"
-    return tf.TensorSpec((None,) + tuple(shape[1:]), dtype=dtype)
 
 
 def _check_parent(path):
@@ -167,52 +113,6 @@ def _validate(model, path, quantization, representative_data, int8_io):
     return spec, qat
 
 
-def _convert(model, spec, configure):
-    """Converts through a temporary SavedModel of one `serve` endpoint.
-
-    Going through Keras' own ExportArchive freezes the Keras 3 variables into
-    constants for every model kind (a bare concrete function leaves them as
-    uninitialised resource variables in the file).
-    """
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    with _tempfiles.temporary_directory("tfc-export-") as saved_model:
-        with _float32_compute(model), export_trace():
-            archive.add_endpoint(
-                "serve", lambda x: model(x, training=False), input_signature=[spec]
-            )
-            archive.write_out(saved_model, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        configure(converter)
-        return bytes(converter.convert())
-
-
-@contextlib.contextmanager
-def _float32_compute(model):
-    """Traces a mixed-precision model in float32.
-
-    TFLite's builtin kernels have no float16/bfloat16 MATMUL, ADD or LOGISTIC,
-    so a `mixed_float16` graph does not convert. The variables of a mixed
-    policy are float32 already; computing in float32 for the trace gives the
-    float model the weights describe (quantize it further with `quantization`).
-    """
-    float32 = keras.DTypePolicy("float32")
-    saved = []
-    for layer in [model, *_compat.flatten_layers(model)]:
-        policy = _compat.dtype_policy(layer)
-        mixed = getattr(policy, "compute_dtype", "float32") != getattr(
-            policy, "variable_dtype", "float32"
-        )
-        if mixed and getattr(policy, "quantization_mode", None) is None:
-            saved.append((layer, policy))
-            _compat.set_dtype_policy(layer, float32)
-    try:
-        yield
-    finally:
-        for layer, policy in saved:
-            _compat.set_dtype_policy(layer, policy)
-
-
 def _configure(
     converter, quantization, representative_data, int8_io, qat, per_channel_dense, dtype
 ):
@@ -240,44 +140,6 @@ def _configure(
             converter.inference_output_type = tf.int8
 
 
-def _unpack_int4(data, count):
-    """Signed 4-bit values packed two a byte, low nibble first, as int8."""
-    packed = np.frombuffer(data, dtype=np.uint8)
-    values = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1).astype(np.int8)
-    return np.where(values > 7, values - 16, values).astype(np.int8)[:count]
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path, data):
-    """Writes bytes to `path` through a temporary file and a rename.
-
-    A failure at any point leaves no file at `path` (and no temporary file);
-    the temporary file of a process killed outright is removed by the next
-    write into the same directory.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = _tempfiles.mkstemp(directory, ".tmp-", suffix=".tflite")
-    try:
-        # mkstemp creates the file owner-only (0o600); give it the mode `open` would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def to_tflite(
     model,
     path=None,
@@ -288,6 +150,8 @@ def to_tflite(
     per_channel_dense=False,
     calibration="converter",
     recipe=None,
+    max_accuracy_drop=None,
+    eval_data=None,
 ):
     """Converts a Keras 3 model to a TFLite flatbuffer, optionally quantized.
 
@@ -328,6 +192,13 @@ def to_tflite(
             `"static_wi8_ai8"`, ...; `tfc.quantization.litert.recipe_names()`)
             or a recipe in its list-of-dicts form (per-layer regexes,
             block-wise int4). Static recipes calibrate on `representative_data`.
+        max_accuracy_drop: with `"int8"` or `"int4"`, the most accuracy (in
+            points) the file may lose against the float file on `eval_data`:
+            the most sensitive layers stay float until it is met, and a
+            warning names them (`tfc.quantization.mixed_precision` returns the
+            details: the layers kept, the accuracies and the files evaluated).
+            Made by the AI Edge Quantizer, calibrated on `eval_data`.
+        eval_data: `(x, y)` test data for `max_accuracy_drop`.
 
     Returns:
         The TFLite flatbuffer as `bytes`.
@@ -360,6 +231,30 @@ def to_tflite(
             "Pass `recipe` or `quantization`, not both: a recipe says how to quantize. "
             f"Received: quantization={quantization!r}, recipe={recipe!r}"
         )
+    if max_accuracy_drop is not None or eval_data is not None:
+        if quantization not in ("int8", "int4") or recipe is not None or qat or int8_io:
+            raise ValueError(
+                "`max_accuracy_drop` goes with quantization='int8' or 'int4' of a float model "
+                f"(no recipe, no int8_io). Received: quantization={quantization!r}"
+            )
+        if max_accuracy_drop is None or eval_data is None:
+            raise ValueError(
+                "`max_accuracy_drop` and `eval_data` go together. Received: "
+                f"max_accuracy_drop={max_accuracy_drop!r}, eval_data is None={eval_data is None}"
+            )
+        result = _precision.mixed_precision(
+            model, eval_data, max_accuracy_drop, quantization=quantization,
+            float_file=conversion.convert(model, spec),
+        )
+        if result.kept_float:
+            warnings.warn(
+                f"To stay within max_accuracy_drop={max_accuracy_drop}, these layers stay float: "
+                f"{result.kept_float} ({result})",
+                stacklevel=2,
+            )
+        if path is not None:
+            write_atomic(path, result.tflite)
+        return result.tflite
     if recipe is not None or quantization in _FILE_LEVEL:
         steps = _litert.resolve(recipe if recipe is not None else _litert.MODES[quantization])
         if int8_io:
@@ -367,15 +262,14 @@ def to_tflite(
                 "`int8_io=True` goes with quantization='int8'. "
                 f"Received: quantization={quantization!r}, recipe={recipe!r}"
             )
-        blob = _litert.quantize_file(
-            _convert(model, spec, lambda converter: None), steps, representative_data
-        )
+        float_blob = conversion.convert(model, spec)
+        blob = _litert.quantize_file(float_blob, steps, representative_data)
         if path is not None:
             write_atomic(path, blob)
         return blob
     if quantization == "int8" and not qat and calibration != "converter":
         model, qat = _calibration.calibrate(model, representative_data, method=calibration), True
-    blob = _convert(
+    blob = conversion.convert(
         model,
         spec,
         lambda converter: _configure(
@@ -400,271 +294,3 @@ def to_tflite(
     if path is not None:
         write_atomic(path, blob)
     return blob
-
-
-class LiteModel:
-    """A TFLite file on the LiteRT interpreter, with Keras-like `predict`.
-
-    Runs on `ai_edge_litert` (falling back to `tf.lite.Interpreter`). Int8
-    inputs and outputs are quantized and dequantized with the file's own
-    scales, so `predict` takes and returns float arrays; a plain integer
-    input (token ids) is passed as it is, and dimensions of free length take
-    the length of the data.
-
-    Args:
-        model: path of a `.tflite` file, or its bytes.
-        num_threads: interpreter threads (None lets LiteRT choose).
-
-    Raises:
-        ValueError: if `model` is neither a path nor bytes, the file is missing,
-            empty or not a TFLite flatbuffer, or `num_threads` is not None or
-            an integer >= -1. `predict` refuses empty input, and non-finite
-            input to a file that quantizes its input.
-
-    Example:
-        >>> lite = LiteModel("saved_models/mlp_int8.tflite")
-        >>> lite.evaluate(x_test, y_test)
-        0.975
-    """
-
-    def __init__(self, model, num_threads=None):
-        if not isinstance(model, (bytes, bytearray, str, os.PathLike)):
-            raise ValueError(
-                "`model` must be the path of a .tflite file or its bytes. "
-                f"Received: model={model!r}"
-            )
-        if num_threads is not None and (
-            isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
-            or num_threads < -1
-        ):
-            raise ValueError(
-                "`num_threads` must be None or an integer >= -1 (-1 lets LiteRT choose). "
-                f"Received: num_threads={num_threads!r}"
-            )
-        if isinstance(model, (bytes, bytearray)):
-            blob, source = bytes(model), "<bytes>"
-        else:
-            source = os.fspath(model)
-            if not os.path.isfile(source):
-                raise ValueError(f"No TFLite file at `model`. Received: model={source!r}")
-            with open(source, "rb") as f:
-                blob = f.read()
-        if len(blob) < 8 or blob[4:8] != b"TFL3":
-            raise ValueError(
-                "`model` is not a TFLite flatbuffer (empty, truncated or another format). "
-                f"Received: model={source!r} ({len(blob)} bytes)"
-            )
-        self.model = model
-        self.num_threads = num_threads
-        self.content = blob
-        try:
-            self._interpreter = _Interpreter(
-                model_content=blob, num_threads=None if num_threads is None else int(num_threads)
-            )
-            self._interpreter.allocate_tensors()
-            self._flat = _schema.ModelT.InitFromPackedBuf(blob, 0)
-        except (ValueError, RuntimeError) as e:
-            raise ValueError(f"`model` could not be loaded: {e}. Received: model={source!r}") from e
-        self._shape = None
-
-    @property
-    def size(self):
-        """File size in bytes."""
-        return len(self.content)
-
-    @property
-    def input_details(self):
-        return self._interpreter.get_input_details()[0]
-
-    @property
-    def output_details(self):
-        return self._interpreter.get_output_details()[0]
-
-    def _op_tensors(self):
-        graph = self._flat.subgraphs[0]
-        for op in graph.operators:
-            code = self._flat.operatorCodes[op.opcodeIndex]
-            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-            name = _OP_NAMES.get(builtin, str(builtin))
-            if name == "CUSTOM":
-                name = code.customCode.decode() if code.customCode else "CUSTOM"
-            idx = [int(i) for i in list(op.inputs) + list(op.outputs) if i >= 0]
-            yield name, [graph.tensors[i] for i in idx]
-
-    def ops(self):
-        """Names of the ops in the file (read from the flatbuffer, no delegate)."""
-        return {name for name, _ in self._op_tensors()}
-
-    def float_ops(self):
-        """Compute ops that read or write a float tensor (boundary (de)quantize excluded)."""
-        return {
-            name
-            for name, tensors in self._op_tensors()
-            if name not in _BOUNDARY_OPS
-            and any(_TYPE_NAMES.get(t.type) in _FLOAT_TYPES for t in tensors)
-        }
-
-    def wide_int_ops(self):
-        """Compute ops that read or write an int16 tensor (int16x8 activations)."""
-        return {
-            name
-            for name, tensors in self._op_tensors()
-            if name not in _BOUNDARY_OPS
-            and any(_TYPE_NAMES.get(t.type) == "INT16" for t in tensors)
-        }
-
-    def is_fully_int8(self):
-        """True when every compute op runs on 8-bit integer tensors (int32 biases aside)."""
-        return not self.float_ops() and not self.wide_int_ops()
-
-    def weight_bits(self):
-        """Bits per value of each constant tensor: {name: 4, 8, 16 or 32}."""
-        graph = self._flat.subgraphs[0]
-        return {
-            (t.name.decode() if isinstance(t.name, bytes) else t.name): _BITS.get(
-                _TYPE_NAMES.get(t.type, ""), 0
-            )
-            for t in graph.tensors
-            if self._flat.buffers[t.buffer].data is not None
-            and len(self._flat.buffers[t.buffer].data)
-        }
-
-    def signature_input(self):
-        """(signature key, input name) of the file's single-input signature."""
-        signatures = self._interpreter.get_signature_list()
-        key = next(iter(signatures))
-        return key, signatures[key]["inputs"][0]
-
-    def weights(self):
-        """Constant tensors of the file: {name: (values, zero_point)}.
-
-        Quantized int32 biases count as weights; unquantized int32 constants
-        (shapes, axes) do not.
-        """
-        graph = self._flat.subgraphs[0]
-        result = {}
-        for t in graph.tensors:
-            data = self._flat.buffers[t.buffer].data
-            if data is None or len(data) == 0:
-                continue
-            type_name = _TYPE_NAMES.get(t.type, "")
-            q = t.quantization
-            quantized = q is not None and q.scale is not None and len(q.scale) > 0
-            if type_name in ("INT32", "INT64") and not quantized:
-                continue
-            if type_name == "INT4":
-                values = _unpack_int4(bytes(bytearray(data)), int(np.prod(t.shape)))
-            else:
-                dtype = np.dtype(type_name.lower()) if type_name != "FLOAT16" else np.float16
-                values = np.frombuffer(bytes(bytearray(data)), dtype=dtype)
-            zero_point = int(q.zeroPoint[0]) if quantized and q.zeroPoint is not None else 0
-            result[t.name.decode() if isinstance(t.name, bytes) else t.name] = (values, zero_point)
-        return result
-
-    def _check_input(self, x):
-        x = np.asarray(x)
-        expected = tuple(self.input_details["shape_signature"][1:])
-        mismatch = any(e not in (-1, s) for e, s in zip(expected, x.shape[1:]))
-        if x.ndim != len(expected) + 1 or mismatch:
-            raise ValueError(
-                f"`x` must have shape (N, {', '.join(map(str, expected))}) for this model. "
-                f"Received: x.shape={x.shape}"
-            )
-        if len(x) == 0:
-            raise ValueError(f"`x` must hold at least one sample. Received: x.shape={x.shape}")
-        if self._quantizes_input() and not np.all(np.isfinite(x)):
-            raise ValueError(
-                "`x` must be finite: this file quantizes its input, and NaN/inf would be "
-                "quantized to plausible values. Received: x with "
-                f"{int(x.size - np.isfinite(x).sum())} non-finite values"
-            )
-        return x
-
-    def _quantizes_input(self):
-        """True when the input is int8 (with a scale) or fed straight to a QUANTIZE op."""
-        if self.input_details["quantization"][0]:
-            return True
-        tensor = self._flat.subgraphs[0].tensors[self.input_details["index"]]
-        return any(name == "QUANTIZE" and ts[0] is tensor for name, ts in self._op_tensors())
-
-    def _resize(self, shape):
-        # The whole shape, not only the batch: dimensions of free length (-1 in the
-        # signature) take the size of the data too.
-        shape = tuple(int(d) for d in shape)
-        if shape != self._shape:
-            self._interpreter.resize_tensor_input(self.input_details["index"], list(shape))
-            self._interpreter.allocate_tensors()
-            self._shape = shape
-
-    def _run(self, x):
-        inp, out = self.input_details, self.output_details
-        scale, zero = inp["quantization"]
-        if scale:  # a quantized (int8) input; scale 0 marks a plain integer or float input
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-        else:
-            x = x.astype(inp["dtype"])
-        self._interpreter.set_tensor(inp["index"], x)
-        self._interpreter.invoke()
-        y = self._interpreter.get_tensor(out["index"])
-        scale, zero = out["quantization"]
-        if scale:
-            y = (y.astype(np.float32) - zero) * scale
-        return y
-
-    def predict(self, x, batch_size=32):
-        """Runs the file on `x` in batches; int8 outputs come back dequantized."""
-        x = self._check_input(x)
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
-        outputs = []
-        for start in range(0, len(x), batch_size):
-            chunk = x[start : start + batch_size]
-            self._resize(chunk.shape)
-            outputs.append(self._run(chunk))
-        return np.concatenate(outputs)
-
-    def evaluate(self, x, y, batch_size=32):
-        """Classification accuracy of the file on (x, y) with integer labels."""
-        labels = np.asarray(y).reshape(-1)
-        if len(labels) != len(x):
-            raise ValueError(
-                f"`y` must hold one integer label per sample of `x` ({len(x)}). "
-                f"Received: y.shape={np.shape(y)}"
-            )
-        predictions = self.predict(x, batch_size=batch_size)
-        return float(np.mean(np.argmax(predictions, axis=-1) == labels))
-
-    def latency(self, x=None, runs=200, warmup=20):
-        """Median seconds of one single-sample `invoke` (input set once, I/O excluded).
-
-        Args:
-            x: one input sample batch of shape (1, ...); random if None.
-            runs: timed runs.
-            warmup: untimed runs first.
-
-        Raises:
-            ValueError: for `runs` < 1, `warmup` < 0 or an `x` this file cannot take.
-        """
-        for name, value, minimum in (("runs", runs, 1), ("warmup", warmup, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-                value < minimum
-            ):
-                raise ValueError(
-                    f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
-                )
-        shape = [1, *self.input_details["shape"][1:]]
-        if x is None:
-            x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        x = self._check_input(x)[:1]
-        self._resize(x.shape)
-        self._run(x)
-        invoke = self._interpreter.invoke
-        for _ in range(warmup):
-            invoke()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            invoke()
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))

@@ -3,7 +3,8 @@
 - `size_accuracy`: file size against test accuracy, one marker per artifact,
   a legend instead of labels on the points, and the Pareto frontier (the
   artifacts no other one beats on both size and accuracy);
-- `sparsity`: the fraction of zero weights of each layer, as bars;
+- `sparsity`: the fraction of zero weights of each layer, as bars (`bars`,
+  which also draws per-layer quantization sensitivity);
 - `filters`: an RBM's (or a first Dense layer's) weights into each hidden
   unit, drawn as an image grid.
 
@@ -15,6 +16,8 @@ import io
 import math
 
 import numpy as np
+
+from tfcompress._tempfiles import write_atomic
 
 _MARKERS = "osD^vP*Xhp<>"
 
@@ -28,8 +31,6 @@ def _figure(size):
 
 
 def _save(fig, path):
-    from tfcompress.export import write_atomic
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     write_atomic(path, buffer.getvalue())
@@ -83,6 +84,23 @@ def size_accuracy(rows, path, size_key="gzip_bytes", title="tfcompress: size vs 
     return _save(fig, path)
 
 
+def bars(labels, values, path, xlabel, title, percent=False):
+    """Writes horizontal bars of `values`, one per label, to `path`."""
+    fig = _figure((8, 0.9 + 0.28 * len(labels)))
+    ax = fig.subplots()
+    shown = [100 * v for v in values] if percent else list(values)
+    drawn = ax.barh(range(len(labels)), shown, color="C0")
+    ax.bar_label(drawn, labels=[f"{v:.1f}%" if percent else f"{v:.3g}" for v in shown],
+                 fontsize=7, padding=2)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 110 if percent else 1.15 * max(max(shown), 1e-12))
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 def sparsity(model, path, title=None):
     """Writes bars of the fraction of zero weights in each kernel of `model` to `path`."""
     import keras
@@ -96,17 +114,8 @@ def sparsity(model, path, title=None):
         values.append(float(np.mean(value == 0)))
     if not names:
         raise ValueError(f"`model` has no kernels to plot. Received: model={model.name!r}")
-    fig = _figure((8, 0.9 + 0.28 * len(names)))
-    ax = fig.subplots()
-    bars = ax.barh(range(len(names)), [100 * v for v in values], color="C0")
-    ax.bar_label(bars, labels=[f"{100 * v:.1f}%" for v in values], fontsize=7, padding=2)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 110)
-    ax.set_xlabel("zero weights (%)")
-    ax.set_title(title or f"{model.name}: sparsity per layer")
-    ax.grid(True, axis="x", alpha=0.3)
-    return _save(fig, path)
+    return bars(names, values, path, "zero weights (%)",
+                title or f"{model.name}: sparsity per layer", percent=True)
 
 
 def filters(kernel, path, image_shape, max_units=64, title="hidden-unit filters"):

@@ -6,14 +6,21 @@ qat.compile(...); qat.fit(x, y, epochs=3)
 blob = tfc.export.to_tflite(qat, "qat.tflite", quantization="int8", int8_io=True)
 
 ptq = tfc.quantization.calibrate(model, x_train[:300])  # post-training, no fit
+print(tfc.quantization.sensitivity(model, x_test, y_test))  # per layer, on LiteRT
 ```
 """
 
-from tfcompress.quantization import quantizers
+from tfcompress.quantization import litert, quantizers
 from tfcompress.quantization.calibration import calibrate
 from tfcompress.quantization.config import QuantizeConfig
 from tfcompress.quantization.folding import fold_batch_norm
 from tfcompress.quantization.layers import ActivationQuantizer, QuantizeWrapper
+from tfcompress.quantization.precision import (
+    MixedPrecisionResult,
+    SensitivityReport,
+    mixed_precision,
+    sensitivity,
+)
 from tfcompress.quantization.qat import (
     QuantizedModel,
     fold_batch_norms,
@@ -23,6 +30,8 @@ from tfcompress.quantization.qat import (
 
 __all__ = [
     "ActivationQuantizer",
+    "MixedPrecisionResult",
+    "SensitivityReport",
     "QuantizeConfig",
     "QuantizeWrapper",
     "QuantizedModel",
@@ -30,6 +39,9 @@ __all__ = [
     "fold_batch_norm",
     "fold_batch_norms",
     "is_quantized",
+    "litert",
+    "mixed_precision",
     "quantize_model",
     "quantizers",
+    "sensitivity",
 ]

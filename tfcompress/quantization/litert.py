@@ -21,10 +21,13 @@ import warnings
 
 import numpy as np
 
+from tfcompress.litemodel import LiteModel
+
 MODES = {"int4": "dynamic_wi4_afp32", "int16x8": "static_wi8_ai16"}
 
 
-def _aeq():
+def aeq():
+    """The AI Edge Quantizer's `quantizer` and `recipe` modules."""
     try:
         from ai_edge_quantizer import quantizer, recipe
     except ImportError as e:  # pragma: no cover - a dependency of the package
@@ -35,18 +38,19 @@ def _aeq():
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     # AEQ draws a progress bar on stderr while it calibrates, and LiteRT warns
     # that keeping every tensor (what calibration needs) is for debugging:
     # neither is news to our caller. Exceptions still propagate.
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         yield
 
 
 def recipe_names():
     """Names of the AI Edge Quantizer's predefined recipes."""
-    _, recipe = _aeq()
+    _, recipe = aeq()
     return sorted(
         name for name in dir(recipe)
         if not name.startswith("_") and name.split("_")[0] in ("dynamic", "static", "weight")
@@ -60,7 +64,7 @@ def resolve(recipe):
     Raises:
         ValueError: for an unknown name or something that is neither.
     """
-    _, recipes = _aeq()
+    _, recipes = aeq()
     if isinstance(recipe, str):
         names = recipe_names()
         if recipe not in names:
@@ -86,10 +90,9 @@ def quantize_file(float_blob, recipe, representative_data=None):
     Returns:
         The quantized flatbuffer as bytes.
     """
-    quantizer, _ = _aeq()
-    from tfcompress.export import LiteModel
-
-    qt = quantizer.Quantizer(bytes(float_blob), recipe)
+    quantizer, _ = aeq()
+    with quiet():
+        qt = quantizer.Quantizer(bytes(float_blob), recipe)
     calibration = None
     if qt.need_calibration:
         if representative_data is None:
@@ -100,8 +103,8 @@ def quantize_file(float_blob, recipe, representative_data=None):
         signature, input_name = LiteModel(float_blob).signature_input()
         data = np.asarray(representative_data, dtype="float32")
         samples = [{input_name: data[i : i + 1]} for i in range(len(data))]
-        with _quiet():
+        with quiet():
             calibration = qt.calibrate({signature: samples})
-    with _quiet():
+    with quiet():
         result = qt.quantize(calibration, enable_progress_report=False)
     return bytes(result.quantized_model)
