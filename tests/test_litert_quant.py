@@ -135,11 +135,12 @@ def small(digits):
     return _trained_mlp(digits, (64, 32), 10)
 
 
-def test_sensitivity_ranks_the_layer_that_int4_hurts_first(small, digits):
+def test_sensitivity_ranks_the_layer_that_int4_hurts_first(small, digits, tmp_path):
     _, (xt, yt) = digits
     report = tfc.quantization.sensitivity(small, xt, yt, quantization="int4")
     assert sorted(r["layer"] for r in report.rows) == ["d1", "d2", "out"]
     assert all(r["error"] > 0 for r in report.rows)
+    assert report.plot(tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     # One large weight per output unit of d2 stretches each channel's int4 grid:
     # the rest of d2 rounds to zero, so d2 alone moves the file the most.
     skewed = keras.models.clone_model(small)
