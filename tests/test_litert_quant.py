@@ -196,3 +196,24 @@ def test_bad_mixed_precision_arguments_write_nothing(small, tmp_path, kwargs, ma
         tfc.export.to_tflite(small, tmp_path / "m.tflite", representative_data=np.zeros((4, 64)),
                              **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_layers_are_found_in_the_file_also_with_batchnorm_folded_in():
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        L.Conv2D(8, 3, use_bias=False), L.BatchNormalization(), L.ReLU(),
+        L.DepthwiseConv2D(3), L.BatchNormalization(), L.ReLU(),
+        L.Flatten(), L.Dense(16, activation="relu"), L.Dense(10),
+    ])
+    x = np.random.default_rng(0).random((32, 8, 8, 1), dtype=np.float32)
+    model.compile("adam", "mse")
+    model.fit(x, np.random.default_rng(1).random((32, 10)), epochs=2, verbose=0)  # moving stats
+    lite = tfc.export.LiteModel(tfc.export.to_tflite(model))
+    pairs = tfc.quantization.precision.layer_ops(model, lite)
+    assert [name for name, _ in pairs] == ["conv2d", "depthwise_conv2d", "dense", "dense_1"]
+    kinds = {op["output"]: op["op"] for op in lite.op_table()}
+    assert [kinds[out] for _, out in pairs] == [
+        "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED"
+    ]

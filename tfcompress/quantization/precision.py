@@ -26,36 +26,52 @@ from tfcompress.quantization import litert
 _MODES = {"int8": "static_wi8_ai8", "int4": "dynamic_wi4_afp32"}
 
 
+_KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
+
+
 def layer_ops(model, lite):
-    """[(layer name, op output tensor name)] of the layers whose kernel is a constant of an op.
+    """[(layer name, op output tensor name)] of the layers with a kernel, found in the file.
+
+    A layer's op is the one with a constant holding the kernel's values (in
+    any layout). A kernel the converter changed (a BatchNorm folded into it)
+    is matched instead to the next unmatched kernel op, in graph order, with a
+    constant of the same size.
 
     Args:
         model: the Keras model the float file `lite` (a `LiteModel`) was exported from.
     """
     constants = {name: values for name, (values, _) in lite.weights().items()}
-    sorted_constants = {}
-    pairs, used = [], set()
+    ops = [op for op in lite.op_table() if op["op"] in _KERNEL_OPS]
+    layers = []
     for layer in _compat.flatten_layers(model):
         kernel = getattr(layer, "kernel", None)
-        if kernel is None or len(kernel.shape) < 2:
+        if kernel is not None and len(kernel.shape) >= 2:
+            layers.append((layer.name, np.sort(np.asarray(kernel.numpy(), "float32").ravel())))
+
+    def matches(op, values, exact):
+        for name in op["constants"]:
+            if constants[name].size == values.size and (not exact or np.allclose(
+                np.sort(constants[name].astype("float32").ravel()), values, atol=1e-6
+            )):
+                return True
+        return False
+
+    found = {}
+    for name, values in layers:
+        for i, op in enumerate(ops):
+            if i not in found.values() and matches(op, values, exact=True):
+                found[name] = i
+                break
+    last = -1
+    for name, values in layers:
+        if name in found:
+            last = found[name]
             continue
-        values = np.sort(np.asarray(kernel.numpy(), "float32").ravel())
-        for op in lite.op_table():
-            if op["output"] in used:
-                continue
-            for name in op["constants"]:
-                if constants[name].size != values.size:
-                    continue
-                if name not in sorted_constants:
-                    sorted_constants[name] = np.sort(constants[name].astype("float32").ravel())
-                if np.allclose(sorted_constants[name], values, atol=1e-6):
-                    pairs.append((layer.name, op["output"]))
-                    used.add(op["output"])
-                    break
-            else:
-                continue
-            break
-    return pairs
+        for i in range(last + 1, len(ops)):
+            if i not in found.values() and matches(ops[i], values, exact=False):
+                found[name] = last = i
+                break
+    return [(name, ops[found[name]]["output"]) for name, _ in layers if name in found]
 
 
 def _entry(base, regex, algorithm=None):
