@@ -121,3 +121,13 @@ def pytest_collection_modifyitems(config, items):
     # The zoo tests take minutes each: start them first, so that under `-n 2` one
     # worker runs them while the other runs the rest, instead of running them alone last.
     items[:] = sorted(kept, key=lambda item: item.get_closest_marker("zoo") is None)
+
+
+def cli_exit_code(argv):
+    """`tfcompress.cli.main`'s exit code, whether returned or raised (argparse exits)."""
+    from tfcompress import cli
+
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code

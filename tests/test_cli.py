@@ -8,6 +8,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+from conftest import cli_exit_code
 
 import tfcompress as tfc
 import tfcompress_cli
@@ -32,14 +33,6 @@ def _front(*argv):
     *printed, last = proc.stdout.splitlines()
     _, code, tensorflow, keras_ = last.split()
     return int(code), printed, proc.stderr.splitlines(), (tensorflow, keras_)
-
-
-def _exit_code(argv):
-    """`cli.main`'s exit code, whether returned or raised (argument errors exit in argparse)."""
-    try:
-        return cli.main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +88,7 @@ def test_bad_arguments_exit_2_with_one_line(saved_mlp, tmp_path, capsys):
     ]
     for argv in cases:
         capsys.readouterr()
-        assert _exit_code(argv) == 2, argv
+        assert cli_exit_code(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         errors = [line for line in err if "error:" in line]
         assert len(errors) == 1 and err[-1] == errors[0], (argv, err)
@@ -277,7 +270,7 @@ def test_file_errors_exit_2_with_one_line(build, saved_mlp, tmp_path, capsys):
     case = build(tmp_path, saved_mlp)
     before = _files(tmp_path)
     capsys.readouterr()
-    assert _exit_code(case.argv) == 2
+    assert cli_exit_code(case.argv) == 2
     captured = capsys.readouterr()
     err = captured.err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"tfcompress {case.argv[0]}: error: "), err

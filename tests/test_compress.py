@@ -9,16 +9,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import cli_exit_code
 
 import tfcompress as tfc
 from tfcompress import cli
-
-
-def _exit_code(argv):
-    try:
-        return cli.main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +133,14 @@ def test_cli_npz_with_keys_and_max_drop(files, capfd):
             "--eval", str(files / "test.npz"), "--prune", "0.5", "--epochs", "1",
             "-o", str(out)]
     # The test file's keys are not x/y: named by flag, or refused in one line.
-    assert _exit_code(argv) == 2
+    assert cli_exit_code(argv) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert err == [f"tfcompress compress: error: `--eval`: {str(files / 'test.npz')!r} has no key "
                    "'x' (it holds ['inputs', 'labels']); name the keys of the inputs and labels"]
     assert not out.exists()
     argv[3] = str(files / "train_keys.npz")
     keys = ["--x-key", "inputs", "--y-key", "labels"]
-    assert _exit_code(argv + keys + ["--max-drop", "30"]) == 0
+    assert cli_exit_code(argv + keys + ["--max-drop", "30"]) == 0
     captured = capfd.readouterr()
     assert "[1/2] pruning 0 -> 50%" in captured.err and "accuracy" in captured.err
     assert "oneDNN" not in captured.err and "absl" not in captured.err  # TensorFlow's chatter
@@ -159,7 +153,7 @@ def test_cli_max_drop_missed_exits_1_and_writes_nothing(files, capfd):
     argv = ["compress", str(files / "mlp.keras"), "--data", str(files / "train.npz"),
             "--eval", f"{files / 'xt.npy'},{files / 'yt.npy'}", "--prune", "0.97",
             "--epochs", "1", "--max-drop", "0.5", "-o", str(out), "--quiet"]
-    assert _exit_code(argv) == 1
+    assert cli_exit_code(argv) == 1
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "more than max_drop=0.5; nothing was written" in err[0]
     assert not (files / "drop").exists()
@@ -170,7 +164,7 @@ def test_cli_csv_with_label_column(files, capfd):
     argv = ["compress", str(files / "mlp.keras"), "--data", str(files / "train.csv"),
             "--label-column", "label", "--eval", f"{files / 'xt.npy'},{files / 'yt.npy'}",
             "--cluster", "8", "--epochs", "1", "--quantization", "dynamic", "-o", str(out)]
-    assert _exit_code(argv) == 0
+    assert cli_exit_code(argv) == 0
     report = json.loads((files / "csv" / "m.report.json").read_text())
     assert report["file_accuracy"] > 0.85 and report["agreement"] >= 0.98
 
@@ -197,7 +191,7 @@ def test_cli_image_folder(tmp_path, digits, capfd):
     out = tmp_path / "cnn.tflite"
     argv = ["compress", str(tmp_path / "cnn.keras"), "--data", str(tmp_path / "train"),
             "--eval", str(tmp_path / "test"), "--units", "0.5", "--epochs", "1", "-o", str(out)]
-    assert _exit_code(argv) == 0
+    assert cli_exit_code(argv) == 0
     # Every digit class occurs in both splits, so folder order is the label order.
     classes = sorted(p.name for p in (tmp_path / "train").iterdir())
     assert classes == [f"class_{i}" for i in range(10)]
@@ -243,7 +237,7 @@ def test_cli_bad_inputs_exit_2_with_one_line_and_no_file(files, tmp_path, monkey
         if value is not None:
             argv += [flag, value]
     capfd.readouterr()
-    assert _exit_code(argv + ["--epochs", "1"]) == 2
+    assert cli_exit_code(argv + ["--epochs", "1"]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
