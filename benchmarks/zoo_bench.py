@@ -2,6 +2,7 @@
 
 Run: `nice -n 10 python benchmarks/zoo_bench.py [--models mobilenetv2 resnet50 ...]`
 (all models: about 2 hours on 2 cores; `--quick`: MobileNetV2 only, fewer epochs).
+Sequence models (Conv1D, LSTM, GRU, SimpleRNN, BiLSTM) read the digits row by row.
 
 For each `keras.applications` model (random init, trained on the bundled digits
 upscaled to 32x32 RGB) it prints one row per technique:
@@ -24,6 +25,7 @@ legacy Keras (tf_keras, a subprocess) and reported as the anchor column.
 """
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -55,7 +57,14 @@ MODELS = {
     "DenseNet121": ({}, 15, False),
     "ConvNeXtTiny": ({}, 15, True),
     "Conv1D": (None, 30, False),  # a sensor-style 1-D CNN on the digits' 8 rows as a sequence
+    # Recurrent nets on the same sequences (8 steps of 8 features).
+    "LSTM": (None, 30, False),
+    "GRU": (None, 30, False),
+    "SimpleRNN": (None, 30, False),
+    "BiLSTM": (None, 30, False),
 }
+RECURRENT = ("LSTM", "GRU", "SimpleRNN", "BiLSTM")
+SEQUENCES = ("Conv1D", *RECURRENT)
 TECHNIQUES = (
     "float",
     "dynamic",
@@ -83,11 +92,27 @@ def conv1d_net():
     return keras.Model(inputs, L.Dense(10, activation="softmax")(x), name="conv1d")
 
 
+def recurrent_net(name, keras):
+    """The recurrent zoo entries; `keras` is Keras 3 or tf_keras (the tfmot anchor)."""
+    L = keras.layers
+    layer = {
+        "LSTM": lambda: L.LSTM(64),
+        "GRU": lambda: L.GRU(64),
+        "SimpleRNN": lambda: L.SimpleRNN(64),
+        "BiLSTM": lambda: L.Bidirectional(L.LSTM(32)),
+    }[name]()
+    inputs = keras.Input((8, 8))
+    outputs = L.Dense(10, activation="softmax")(layer(inputs))
+    return keras.Model(inputs, outputs, name=name.lower())
+
+
 def build(name, size=SIZE):
     kwargs, _, _ = MODELS[name]
     keras.utils.set_random_seed(0)
     if name == "Conv1D":
         model = conv1d_net()
+    elif name in SEQUENCES:
+        model = recurrent_net(name, keras)
     else:
         model = getattr(keras.applications, name)(
             weights=None, input_shape=(size, size, 3), classes=10, **kwargs
@@ -99,9 +124,8 @@ def build(name, size=SIZE):
 
 
 def data(name):
-    if name == "Conv1D":
-        (x, y), (xt, yt) = tfc.datasets.load_digits()
-        return (x.reshape(-1, 8, 8), y), (xt.reshape(-1, 8, 8), yt)
+    if name in SEQUENCES:
+        return tfc.datasets.load_digits(shape="sequence")
     (x, y), (xt, yt) = tfc.datasets.load_digits(shape="image", size=SIZE, channels=3)
     scale = 255.0 if MODELS[name][2] else 1.0
     return (x * scale, y), (xt * scale, yt)
@@ -180,7 +204,7 @@ def technique(name, tech, model, train, test, quick=False):
             smaller = fit(tfc.pruning.prune_units(model, 0.5), x, y, epochs(15), 2e-3)
             check(smaller, to_tflite(smaller), xt, yt, row)
             row["params_ratio"] = smaller.count_params() / model.count_params()
-            if not quick and name != "Conv1D":
+            if not quick and name not in SEQUENCES:
                 row.update(unit_speedups(name, model, smaller))
         elif tech == "cluster 16":
             clustered = fit(tfc.clustering.cluster_weights(model, 16), x, y, epochs(3), 1e-4)
@@ -225,8 +249,12 @@ TFMOT = textwrap.dedent("""
     import numpy as np, tf_keras as keras, tensorflow_model_optimization as tfmot
     import tensorflow as tf
     name, kwargs, size = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3),
-                                              classes=10, **kwargs)
+    if kwargs is None:
+        exec(sys.argv[4])  # defines recurrent_net
+        model = recurrent_net(name, keras)
+    else:
+        model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3),
+                                                  classes=10, **kwargs)
     out = {}
     for tech in ("qat", "prune"):
         try:
@@ -249,10 +277,11 @@ TFMOT = textwrap.dedent("""
 
 def tfmot_anchor(name):
     kwargs = MODELS[name][0]
-    if kwargs is None:
+    if kwargs is None and name not in RECURRENT:
         return {}
     proc = subprocess.run(
-        [sys.executable, "-c", TFMOT, name, json.dumps(kwargs), str(SIZE)],
+        [sys.executable, "-c", TFMOT, name, json.dumps(kwargs), str(SIZE),
+         inspect.getsource(recurrent_net)],
         capture_output=True,
         text=True,
         timeout=1800,

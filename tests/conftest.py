@@ -91,6 +91,16 @@ def compile_classifier(model, lr=1e-3):
     return model
 
 
+def trained_on_digit_rows(model, epochs, lr):
+    """`model` fitted on the digits read row by row (8 steps of 8 features).
+
+    Returns `(model, (x, y), (x_test, y_test))`.
+    """
+    (x, y), test = tfc.datasets.load_digits(shape="sequence")
+    compile_classifier(model, lr).fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    return model, (x, y), test
+
+
 def feature_models():
     """A teacher and a student whose hidden layers `t_hidden` / `s_hidden` can be matched."""
     keras.utils.set_random_seed(0)

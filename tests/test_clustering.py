@@ -411,9 +411,9 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match="cluster_centroids_init='random'"):
         cluster_weights(model, 4, cluster_centroids_init="random")
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
-    lstm = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, name="my_lstm")])
-    with pytest.raises(ValueError, match="'my_lstm' of type LSTM"):
-        cluster_weights(lstm, 4)
+    norm = keras.Sequential([keras.Input((5, 3)), keras.layers.LayerNormalization(name="my_norm")])
+    with pytest.raises(ValueError, match="'my_norm' of type LayerNormalization"):
+        cluster_weights(norm, 4)
     custom = keras.Sequential([keras.Input((5,)), Custom(name="mine")])
     with pytest.raises(ValueError, match="'mine' of type Custom"):
         cluster_weights(custom, 2)

@@ -65,3 +65,13 @@ def test_upscaled_rgb_digits_match_tensorflow_bilinear_resize():
 def test_bad_image_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=f"Received: {name}="):
         tfc.datasets.load_digits(**kwargs)
+
+
+def test_sequence_digits_are_the_rows_in_order():
+    (x, y), (xt, yt) = tfc.datasets.load_digits(shape="sequence")
+    (flat, flat_y), (flat_t, _) = tfc.datasets.load_digits()
+    assert x.shape == (len(flat), 8, 8) and xt.shape[1:] == (8, 8)
+    np.testing.assert_array_equal(x[:, 2], flat[:, 16:24])  # step 2 is the third row
+    np.testing.assert_array_equal(y, flat_y)
+    with pytest.raises(ValueError, match="only apply to shape='image'"):
+        tfc.datasets.load_digits(shape="sequence", size=16)

@@ -6,6 +6,7 @@ start from the float file made here.
 """
 
 import contextlib
+import functools
 
 import keras
 import numpy as np
@@ -67,7 +68,8 @@ def convert(model, spec, configure=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
     with _tempfiles.temporary_directory("tfc-export-") as saved_model:
-        with float32_compute(model), export_trace():
+        with float32_compute(model), unrolled_recurrence(model), \
+                integer_friendly_layer_norm(model), export_trace():
             archive.add_endpoint(
                 "serve", lambda x: model(x, training=False), input_signature=[spec]
             )
@@ -76,6 +78,83 @@ def convert(model, spec, configure=None):
         if configure is not None:
             configure(converter)
         return bytes(converter.convert())
+
+
+def recurrent_layers(model):
+    """The `keras.layers.RNN` layers (LSTM, GRU, SimpleRNN, ...) inside `model`.
+
+    A `Bidirectional` layer contributes its forward and backward layers.
+    """
+    return [layer for layer in _compat.flatten_layers(model) if isinstance(layer, keras.layers.RNN)]
+
+
+@contextlib.contextmanager
+def unrolled_recurrence(model):
+    """Traces every recurrent layer of `model` unrolled over its time steps.
+
+    Keras 3 runs LSTM/GRU/SimpleRNN in a `tf.while_loop` over a TensorList
+    whose element shape the TFLite converter cannot make static ("requires
+    element_shape to be static"): no builtin-op file at all. Unrolled, each
+    step is FULLY_CONNECTED, ADD, MUL, LOGISTIC and TANH ops, which TFLite
+    runs in float and int8 alike. It needs the number of time steps in the
+    input shape.
+    """
+    saved = [(layer, layer.unroll) for layer in recurrent_layers(model)]
+    for layer, _ in saved:
+        layer.unroll = True
+    try:
+        yield
+    except ValueError as error:
+        if saved and "Cannot unroll a RNN" in str(error):
+            names = [layer.name for layer, _ in saved]
+            raise ValueError(
+                "TFLite's builtin ops run a recurrent layer unrolled over a fixed number of "
+                f"time steps, but the sequences reaching {names} have no fixed length. Give the "
+                "model a fixed sequence length (e.g. `keras.Input((timesteps, features))`) and "
+                "pad shorter sequences. Received: an input of unknown sequence length"
+            ) from None
+        raise
+    finally:
+        for layer, unroll in saved:
+            layer.unroll = unroll
+
+
+@contextlib.contextmanager
+def integer_friendly_layer_norm(model):
+    """Traces `LayerNormalization` as `(x - mean) * (gamma * rsqrt(var + eps)) + beta`.
+
+    Keras computes `x * inv + (beta - mean * inv)`, whose `-mean` becomes a
+    TFLite NEG, an op the converter leaves in float in an int8 file. The
+    same maths as SUB, MUL and ADD converts to int8 kernels throughout.
+    """
+    swapped = [
+        layer for layer in _compat.flatten_layers(model)
+        if type(layer) is keras.layers.LayerNormalization and not layer.rms_scaling
+    ]
+    for layer in swapped:
+        layer.call = functools.partial(_layer_norm, layer)
+    try:
+        yield
+    finally:
+        for layer in swapped:
+            del layer.call
+
+
+def _layer_norm(layer, inputs):
+    ops = keras.ops
+    x = ops.cast(inputs, "float32")
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    mean, variance = ops.moments(x, axes=axes, keepdims=True)
+    shape = [1] * len(x.shape)
+    for axis in axes:
+        shape[axis] = x.shape[axis]
+    inv = ops.rsqrt(variance + layer.epsilon)
+    if layer.gamma is not None:
+        inv = inv * ops.reshape(ops.cast(layer.gamma, "float32"), shape)
+    outputs = (x - mean) * inv
+    if layer.beta is not None:
+        outputs = outputs + ops.reshape(ops.cast(layer.beta, "float32"), shape)
+    return ops.cast(outputs, layer.compute_dtype)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,9 @@ def load_digits(test_size=0.2, seed=0, shape="flat", size=8, channels=1):
         test_size: share of each class held out for testing, in (0, 1).
         seed: seed of the split; the same seed always gives the same split.
         shape: `"flat"` gives images of shape (N, 64) for MLPs, `"image"`
-            gives (N, size, size, channels) for CNNs.
+            gives (N, size, size, channels) for CNNs, `"sequence"` gives
+            (N, 8, 8) for recurrent nets and transformers: 8 time steps (the
+            rows, top to bottom) of 8 features.
         size: with `"image"`, the side of the images: 8, or larger for
             networks that need a bigger input (`keras.applications` models
             take 32 and up); the 8x8 pixels are upscaled bilinearly
@@ -29,13 +31,15 @@ def load_digits(test_size=0.2, seed=0, shape="flat", size=8, channels=1):
     """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"`test_size` must be in (0, 1). Received: test_size={test_size}")
-    if shape not in ("flat", "image"):
-        raise ValueError(f"`shape` must be 'flat' or 'image'. Received: shape={shape!r}")
+    if shape not in ("flat", "image", "sequence"):
+        raise ValueError(
+            f"`shape` must be 'flat', 'image' or 'sequence'. Received: shape={shape!r}"
+        )
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
         raise ValueError(f"`size` must be an integer >= 8. Received: size={size!r}")
     if channels not in (1, 3) or isinstance(channels, bool):
         raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
-    if shape == "flat" and (size, channels) != (8, 1):
+    if shape != "image" and (size, channels) != (8, 1):
         raise ValueError(
             "`size` and `channels` only apply to shape='image'. "
             f"Received: shape={shape!r}, size={size!r}, channels={channels!r}"
@@ -57,6 +61,8 @@ def load_digits(test_size=0.2, seed=0, shape="flat", size=8, channels=1):
     if shape == "image":
         x = _upscale(x.reshape(-1, 8, 8), int(size))
         x = np.repeat(x[..., None], channels, axis=-1)
+    elif shape == "sequence":
+        x = x.reshape(-1, 8, 8)
     return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
 
 

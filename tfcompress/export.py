@@ -155,6 +155,11 @@ def to_tflite(
 ):
     """Converts a Keras 3 model to a TFLite flatbuffer, optionally quantized.
 
+    The file holds TFLite builtin ops only. Recurrent layers (LSTM, GRU,
+    SimpleRNN, Bidirectional) are traced unrolled over their time steps, so
+    the model's input needs a fixed sequence length; `LayerNormalization` is
+    traced without a negation, so an int8 file runs it in int8.
+
     Args:
         model: a built `keras.Model` with one input: Sequential, Functional or
             subclassed.

@@ -98,7 +98,7 @@ def _builtin_table():
         quantize=True,
     )
     transposed = _weighted((Kernel("kernel", out_axis=-2),))
-    recurrent = _weighted(("kernel", "recurrent_kernel"), cluster=())
+    recurrent = _weighted(("kernel", "recurrent_kernel"))
     passes = LayerSpec(channels=PASSES)
     table = {
         L.Dense: dense,

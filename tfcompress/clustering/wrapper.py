@@ -25,19 +25,22 @@ from keras import ops
 from tfcompress import layers_registry
 from tfcompress._serialization import register
 from tfcompress.clustering.kmeans import INITS, CentroidInitialization, init_centroids, kmeans_1d
-from tfcompress.surgery import all_layers
+from tfcompress.surgery import walk_with_ancestors
 
 
 def clustered_kernels(layer):
     """`[(label, Kernel, variable)]` a `ClusterWeights(layer)` clusters, in a fixed order.
 
     The layer's own kernels are labelled by name (`"kernel"`), those of a layer
-    inside it by `"<sublayer name>/<kernel name>"`.
+    inside it by the path of sublayer names to it (`"query/kernel"`,
+    `"forward_lstm/lstm_cell/kernel"`: the two cells of a `Bidirectional` share
+    a name).
     """
     found = [(k.name, k, v) for k, v in layers_registry.kernel_variables(layer, "cluster")]
-    for sub in all_layers(layer):
+    for sub, ancestors in walk_with_ancestors(layer):
+        path = "/".join(a.name for a in (*ancestors, sub))
         for k, v in layers_registry.kernel_variables(sub, "cluster"):
-            found.append((f"{sub.name}/{k.name}", k, v))
+            found.append((f"{path}/{k.name}", k, v))
     return found
 
 

@@ -1,9 +1,9 @@
 """Structured pruning: remove whole neurons and filters, giving a smaller dense model.
 
 Zeros alone do not make a TFLite model faster; fewer units do. `prune_units`
-ranks the output units of Dense and Conv layers by the norm of their incoming
-weights, removes the weakest, and slices every tensor and layer those channels
-flow through.
+ranks the output units of Dense and Conv layers, and the hidden units of
+LSTM/GRU/SimpleRNN layers, by the norm of their incoming weights, removes the
+weakest, and slices every tensor and layer those channels flow through.
 
 The hard part is knowing which channels must go together. A residual `Add`
 makes its two inputs share channels (both producers must lose the same
@@ -92,17 +92,24 @@ class _Slots:
 
 @dataclasses.dataclass
 class _Producer:
-    """A Dense/Conv layer whose output units can be removed.
+    """A Dense/Conv/recurrent layer whose output units can be removed.
 
     Attributes:
         layer: the layer.
         slots: the slot of each output unit.
         scores: the norm of each unit's incoming weights (its importance).
+        spans: `(start, stop)` ranges of `slots` that must each keep as many
+            units (the forward and backward halves of a `Bidirectional` output).
     """
 
     layer: keras.layers.Layer
     slots: list
     scores: np.ndarray
+    spans: tuple = None
+
+    def __post_init__(self):
+        if self.spans is None:
+            self.spans = ((0, len(self.slots)),)
 
 
 @dataclasses.dataclass
@@ -196,6 +203,8 @@ class _ChannelGraph:
         others = [x for x in leaves if not isinstance(x, keras.KerasTensor)]
         if getattr(node, "is_input", False) or not tensors:
             self._opaque(node, [])
+        elif _recurrent_parts(op) and _sequence_only(args, kwargs):
+            self._produce_recurrent(node, op, args[0])  # a mask (from Masking) has no channels
         elif isinstance(op, keras.layers.Layer):
             self._visit_layer(node, op, tensors)
         else:
@@ -334,6 +343,122 @@ class _ChannelGraph:
             )
         self._set(node, self.producers[id(layer)].slots)
 
+    def _produce_recurrent(self, node, layer, tensor):
+        """An LSTM/GRU/SimpleRNN (or a Bidirectional one): its hidden units are its channels.
+
+        A unit is a column of every gate in the kernel, the recurrent kernel
+        and the bias, and a row of the recurrent kernel; they go together.
+        """
+        parts = _recurrent_parts(layer)
+        inputs = self.channels.get(id(tensor))
+        if inputs is not None and len(inputs) != parts[0].cell.kernel.shape[0]:
+            self.slots.block(inputs)
+        else:
+            self._read(layer, PRODUCES, tensor)
+        if id(layer) not in self.producers:
+            scores = [_recurrent_scores(part.cell, self.criterion) for part in parts]
+            if _concatenates_parts(layer):
+                sizes = np.cumsum([0] + [len(s) for s in scores])
+                spans = tuple(zip(sizes[:-1], sizes[1:]))
+                scores = np.concatenate(scores)
+            else:  # a Bidirectional summing its halves: unit i of both goes together
+                spans, scores = None, np.sum(scores, axis=0)
+            self.producers[id(layer)] = _Producer(
+                layer, self.slots.new(len(scores)), scores, spans
+            )
+        self._set(node, self.producers[id(layer)].slots)
+
+
+_RECURRENT = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
+
+
+def _recurrent_parts(layer):
+    """The LSTM/GRU/SimpleRNN layers behind `layer`'s output units, or None.
+
+    An LSTM, GRU or SimpleRNN gives itself; a `Bidirectional` one its forward
+    and backward layers. None for anything else, and for stateful layers or
+    layers returning their states (more than one output).
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        return None
+    if isinstance(layer, keras.layers.Bidirectional):
+        if layer.merge_mode not in ("concat", "sum", "ave", "mul"):
+            return None
+        parts = [layer.forward_layer, layer.backward_layer]
+    else:
+        parts = [layer]
+    if not all(
+        type(part) in _RECURRENT and not part.return_state and not part.stateful
+        and part.cell.built for part in parts
+    ):
+        return None
+    return parts
+
+
+def _sequence_only(args, kwargs):
+    """A recurrent layer called on one sequence, perhaps with its mask: no initial state."""
+    return (
+        len(args) == 1 and isinstance(args[0], keras.KerasTensor)
+        and set(kwargs) <= {"mask", "training"}
+    )
+
+
+def _concatenates_parts(layer):
+    return not isinstance(layer, keras.layers.Bidirectional) or layer.merge_mode == "concat"
+
+
+def _recurrent_scores(cell, criterion):
+    """The norm of each hidden unit's weights over every gate (input and recurrent)."""
+    stacked = np.concatenate([cell.kernel.numpy(), cell.recurrent_kernel.numpy()])
+    per_gate = stacked.reshape(len(stacked), -1, cell.units)  # (rows, gates, units)
+    if criterion == "l1":
+        return np.abs(per_gate).sum((0, 1))
+    return np.sqrt((per_gate**2).sum((0, 1)))
+
+
+def _gate_columns(cell, keep):
+    """The kernel columns of hidden units `keep`, in every gate."""
+    gates = cell.kernel.shape[-1] // cell.units
+    return np.concatenate([g * cell.units + keep for g in range(gates)])
+
+
+def _part_keeps(layer, parts, keep_out):
+    """The units each recurrent part keeps (all where `keep_out` is None)."""
+    units = [part.cell.units for part in parts]
+    if keep_out is None:
+        return [np.arange(u) for u in units]
+    if not _concatenates_parts(layer):
+        return [keep_out for _ in parts]
+    starts = np.cumsum([0] + units)
+    return [keep_out[(keep_out >= a) & (keep_out < b)] - a for a, b in zip(starts, starts[1:])]
+
+
+def _recurrent_config(layer, parts, cut):
+    config = layer.get_config()
+    keeps = _part_keeps(layer, parts, cut.keep_out)
+    if not isinstance(layer, keras.layers.Bidirectional):
+        config["units"] = len(keeps[0])
+        return config
+    for key, keep in zip(("layer", "backward_layer"), keeps):
+        config[key]["config"]["units"] = len(keep)
+        config[key].pop("build_config", None)  # built again at the new widths
+    return config
+
+
+def _sliced_recurrent(layer, parts, cut):
+    values = []
+    for part, keep in zip(parts, _part_keeps(layer, parts, cut.keep_out)):
+        cell = part.cell
+        columns = _gate_columns(cell, keep)
+        for variable in cell.weights:
+            value = variable.numpy()
+            if variable is cell.kernel and cut.keep_in is not None:
+                value = np.take(value, cut.keep_in, axis=0)
+            elif variable is cell.recurrent_kernel:
+                value = np.take(value, keep, axis=0)
+            values.append(np.take(value, columns, axis=-1))
+    return values
+
 
 def _scalar_attributes(op):
     """An op object holding no per-channel constant (ops.clip keeps its bounds)."""
@@ -426,8 +551,8 @@ def _set_fractions(model, groups, fraction):
         _check_fraction("fraction", fraction)
         if not groups:
             raise ValueError(
-                "No layer of the model can lose units (every Dense/Conv unit reaches a model "
-                f"output or an unsupported layer or op). Received: model={model.name}"
+                "No layer of the model can lose units (every Dense/Conv/recurrent unit reaches a "
+                f"model output or an unsupported layer or op). Received: model={model.name}"
             )
         for group in groups:
             group.fraction = fraction
@@ -485,7 +610,24 @@ def _removed_classes(graph, groups):
             roots = [slots.find(s) for s in producer.slots]
             if all(r in removed for r in roots):
                 removed.discard(roots[int(np.argmax(producer.scores))])
+            if len(producer.spans) > 1:
+                _balance(producer, slots, removed)
     return removed
+
+
+def _balance(producer, slots, removed):
+    """Makes each span of `producer` keep as many units: its strongest ones.
+
+    Keras infers a concatenating `Bidirectional`'s width as twice its forward
+    layer's, so both halves must keep the same number of units.
+    """
+    spans = [[slots.find(s) for s in producer.slots[a:b]] for a, b in producer.spans]
+    kept = sum(r not in removed for roots in spans for r in roots)
+    each = max(1, kept // len(spans))
+    for (start, stop), roots in zip(producer.spans, spans):
+        order = np.argsort(-producer.scores[start:stop], kind="stable")
+        removed.difference_update(roots[i] for i in order[:each])
+        removed.update(roots[i] for i in order[each:])
 
 
 def _kept(graph, slots, removed):
@@ -560,9 +702,15 @@ def _rebuild(model, cuts):
             if is_graph_model(layer):
                 return copy_model(layer), None
             return copy_layer(layer, call=(args, kwargs)), None
-        new = layer.__class__.from_config(_new_config(layer, cut))
+        parts = _recurrent_parts(layer)
+        if parts:
+            config = _recurrent_config(layer, parts, cut)
+            values = _sliced_recurrent(layer, parts, cut)
+        else:
+            config, values = _new_config(layer, cut), _sliced_weights(layer, cut)
+        new = layer.__class__.from_config(config)
         outputs = new(*args, **kwargs)  # builds it at the new width
-        new.set_weights(_sliced_weights(layer, cut))
+        new.set_weights(values)
         return new, outputs
 
     def call(operation, args, kwargs):
@@ -588,7 +736,7 @@ def _rebuild(model, cuts):
 
 
 def prune_units(model, fraction=0.5, criterion="l1", *, layers=None, exclude=None):
-    """Removes the weakest neurons of Dense and filters of Conv layers.
+    """Removes the weakest neurons of Dense, filters of Conv and hidden units of recurrent layers.
 
     The model's graph, Keras op nodes included, is read as channel
     dependencies: element-wise merges and ops (`Add` of a residual block,
@@ -598,6 +746,11 @@ def prune_units(model, fraction=0.5, criterion="l1", *, layers=None, exclude=Non
     channel-wise layers (activations, pooling, dropout, padding, scalar
     Rescaling) follow their input; Concatenate on the last axis, Flatten and
     Reshapes whose last axis is a multiple of the channels map them by index.
+    An LSTM, GRU or SimpleRNN (alone or in a `Bidirectional`) loses a hidden
+    unit in every gate at once: its kernel and recurrent-kernel columns, its
+    recurrent-kernel row and its biases; the two halves of a concatenating
+    `Bidirectional` each keep as many units (their strongest), a summing one
+    loses the same units in both. Layers returning their states keep their units.
     Tied units form a group ranked by the summed L1/L2 norm of the units'
     incoming weights; the group loses `fraction` of them and every reader is
     sliced to match. Channels reaching a model output, a layer or op this

@@ -1,0 +1,225 @@
+"""Recurrent nets (LSTM, GRU, SimpleRNN, Bidirectional) through export and the techniques.
+
+Keras 3 recurrent layers convert to no TFLite file at all by default (a
+TensorList the converter cannot make static); `to_tflite` traces them
+unrolled, so the file holds builtin ops only. Each file is checked against
+the Keras model it came from.
+"""
+
+import keras
+import numpy as np
+import pytest
+from conftest import trained_on_digit_rows
+
+import tfcompress as tfc
+from tfcompress.export import LiteModel, to_tflite
+from tfcompress.pruning import prune_units
+
+L = keras.layers
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _net(kind, steps=6, features=5):
+    inputs = keras.Input((steps, features))
+    if kind == "lstm":
+        x = L.LSTM(12, name="rnn")(inputs)
+    elif kind == "gru":
+        x = L.GRU(12, name="rnn")(inputs)
+    elif kind == "gru_v1":
+        x = L.GRU(12, reset_after=False, name="rnn")(inputs)
+    elif kind == "simple_rnn":
+        x = L.SimpleRNN(12, name="rnn")(inputs)
+    elif kind == "bidirectional":
+        x = L.Bidirectional(L.LSTM(6), name="rnn")(inputs)
+    elif kind == "bidirectional_sum":
+        x = L.Bidirectional(L.GRU(6, return_sequences=True), merge_mode="sum", name="rnn")(inputs)
+        x = L.GlobalAveragePooling1D()(x)
+    elif kind == "stacked":
+        x = L.LSTM(12, return_sequences=True, name="rnn")(inputs)
+        x = L.GRU(8, go_backwards=True, name="rnn2")(x)
+    elif kind == "masked":
+        x = L.Masking(0.0)(inputs)
+        x = L.LSTM(12, name="rnn")(x)
+    return keras.Model(inputs, L.Dense(4, name="out")(x))
+
+
+KINDS = [
+    "lstm", "gru", "gru_v1", "simple_rnn", "bidirectional", "bidirectional_sum", "stacked",
+    "masked",
+]  # fmt: skip
+
+
+def _randomize(model, seed=0):
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in model.get_weights()])
+
+
+def _x(n=16, steps=6, features=5, seed=1):
+    x = np.random.default_rng(seed).normal(size=(n, steps, features)).astype("float32")
+    x[: n // 2, -2:] = 0.0  # padded tails, masked in the "masked" net
+    return x
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float_file_is_builtin_ops_and_matches_keras(kind):
+    model = _net(kind)
+    _randomize(model)
+    x = _x()
+    lite = LiteModel(to_tflite(model))
+    ops = set(lite.ops())
+    assert not {op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "WHILE")}, ops
+    assert {"FULLY_CONNECTED", "TANH"} <= ops
+    np.testing.assert_allclose(lite.predict(x), model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_unknown_sequence_length_is_named():
+    inputs = keras.Input((None, 5))
+    model = keras.Model(inputs, L.Dense(2)(L.GRU(3, name="my_gru")(inputs)))
+    with pytest.raises(ValueError, match=r"\['my_gru'\].*fixed sequence length"):
+        to_tflite(model)
+    assert model.get_layer("my_gru").unroll is False  # the layer is left as it was
+
+
+@pytest.fixture(scope="module")
+def trained_gru():
+    """A GRU on the digits read row by row, ~88% test accuracy (module-scoped: ~15 s)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8))
+    return trained_on_digit_rows(keras.Model(inputs, L.Dense(10)(L.GRU(32)(inputs))), 15, 3e-3)
+
+
+def test_trained_gru_dynamic_and_int8_files(trained_gru):
+    model, (x, _), (xt, yt) = trained_gru
+    reference = model.predict(xt, verbose=0)
+    accuracy = np.mean(reference.argmax(1) == yt)
+    assert accuracy > 0.8
+    dynamic = LiteModel(to_tflite(model, quantization="dynamic"))
+    assert np.mean(dynamic.predict(xt).argmax(1) == reference.argmax(1)) >= 0.99
+    int8 = LiteModel(to_tflite(model, quantization="int8", representative_data=x[:300]))
+    assert int8.is_fully_int8(), int8.float_ops()
+    predicted = int8.predict(xt).argmax(1)
+    # Post-training int8 of an unrolled GRU: every step's state is rounded to int8.
+    # Measured: agreement 0.98-0.99 on recurrent nets of this size, accuracy within a point.
+    assert np.mean(predicted == reference.argmax(1)) >= 0.97
+    assert abs(np.mean(predicted == yt) - accuracy) <= 0.015
+
+
+def _cell_kernels(model):
+    """The input and recurrent kernels of the recurrent layers (not the Dense head)."""
+    return [w for w in model.weights if w.path.endswith("kernel") and not w.path.startswith("out")]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "bidirectional"])
+def test_pruned_and_clustered_kernels_export(kind):
+    model = _net(kind)
+    _randomize(model)
+    x = _x()
+    y = np.arange(len(x)) % 4
+    pruned = tfc.pruning.prune_low_magnitude(
+        model, pruning_schedule=tfc.pruning.ConstantSparsity(0.5, 0)
+    )
+    pruned.compile("sgd", LOSS)
+    pruned.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.pruning.UpdatePruningStep()])
+    pruned = tfc.pruning.strip_pruning(pruned)
+    cells = _cell_kernels(pruned)
+    assert len(cells) >= 2  # input and recurrent kernels
+    for weight in cells:
+        assert np.mean(weight.numpy() == 0) == pytest.approx(0.5, abs=0.02), weight.path
+
+    clustered = tfc.clustering.cluster_weights(model, 6)
+    clustered.compile("sgd", LOSS)
+    clustered.fit(x, y, epochs=1, verbose=0)
+    trained = clustered.predict(x, verbose=0)
+    clustered = tfc.clustering.strip_clustering(clustered)
+    # The stripped model computes what the clustered one trained (both halves of a
+    # Bidirectional hold a cell named lstm_cell: each keeps its own values).
+    np.testing.assert_allclose(clustered.predict(x, verbose=0), trained, atol=1e-5)
+    cells = _cell_kernels(clustered)
+    assert len(cells) >= 2
+    for weight in cells:
+        assert len(np.unique(weight.numpy())) <= 6, weight.path
+    for stripped in (pruned, clustered):
+        lite = LiteModel(to_tflite(stripped))
+        np.testing.assert_allclose(lite.predict(x), stripped.predict(x, verbose=0), atol=1e-4)
+
+
+def _silence_units(layer, dropped):
+    """Zero every gate's input, recurrent and bias weights of hidden units `dropped`.
+
+    With all gate pre-activations 0, an LSTM's cell and output stay 0 (input
+    gate 0.5 times tanh(0)), a GRU's candidate is tanh(0) = 0 and so is its
+    state, a SimpleRNN's is tanh(0): the units output exactly 0 at every
+    step, so removing them must not change the model.
+    """
+    two = hasattr(layer, "forward_layer")
+    rnns = [layer.forward_layer, layer.backward_layer] if two else [layer]
+    for rnn, units in zip(rnns, dropped):
+        cell = rnn.cell
+        gates = cell.kernel.shape[-1] // cell.units
+        columns = np.concatenate([g * cell.units + np.asarray(units) for g in range(gates)])
+        for variable in (cell.kernel, cell.recurrent_kernel, cell.bias):
+            value = variable.numpy()
+            value[..., columns] = 0
+            variable.assign(value)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_v1", "simple_rnn", "bidirectional",
+                                  "bidirectional_sum", "stacked", "masked"])
+def test_prune_units_removes_hidden_units_across_gates(kind):
+    model = _net(kind)
+    _randomize(model)
+    rnn = model.get_layer("rnn")
+    two = hasattr(rnn, "forward_layer")
+    width = rnn.forward_layer.cell.units if two else rnn.cell.units
+    rng = np.random.default_rng(3)
+    dropped = [np.sort(rng.permutation(width)[: width // 2]) for _ in range(2 if two else 1)]
+    if kind == "bidirectional_sum":
+        dropped = [dropped[0], dropped[0]]  # summed halves lose the same units
+    _silence_units(rnn, dropped)
+    if kind == "stacked":
+        _silence_units(model.get_layer("rnn2"), [np.arange(4)])
+    small = prune_units(model, 0.5)
+    new = small.get_layer("rnn")
+    cells = [new.forward_layer.cell, new.backward_layer.cell] if two else [new.cell]
+    old_cells = [rnn.forward_layer.cell, rnn.backward_layer.cell] if two else [rnn.cell]
+    for cell, old, gone in zip(cells, old_cells, dropped):
+        keep = np.setdiff1d(np.arange(width), gone)
+        assert cell.units == width // 2
+        columns = np.concatenate([g * width + keep for g in range(old.kernel.shape[-1] // width)])
+        np.testing.assert_array_equal(cell.kernel.numpy(), old.kernel.numpy()[:, columns])
+        np.testing.assert_array_equal(
+            cell.recurrent_kernel.numpy(), old.recurrent_kernel.numpy()[keep][:, columns]
+        )
+        np.testing.assert_array_equal(cell.bias.numpy(), old.bias.numpy()[..., columns])
+    if kind == "stacked":
+        assert small.get_layer("rnn2").cell.kernel.shape == (6, 3 * 4)
+    x = _x()
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    lite = LiteModel(to_tflite(small))
+    np.testing.assert_allclose(lite.predict(x), small.predict(x, verbose=0), atol=1e-4)
+
+
+def test_prune_units_leaves_state_returning_layers_whole():
+    inputs = keras.Input((6, 5))
+    x, h, c = L.LSTM(8, return_state=True, name="rnn")(inputs)
+    model = keras.Model(inputs, L.Dense(3)(L.Concatenate()([x, h, c])))
+    with pytest.raises(ValueError, match="No layer of the model can lose units"):
+        prune_units(model, 0.5)
+
+
+def test_bidirectional_halves_keep_as_many_units():
+    """Keras sizes a concatenating Bidirectional as twice its forward half, so a half
+    whose units are weaker still keeps as many: its strongest."""
+    model = _net("bidirectional")
+    _randomize(model)
+    rnn = model.get_layer("rnn")
+    _silence_units(rnn, [np.array([0, 1, 2, 3, 4]), np.array([5])])  # forward unit 5 alone is live
+    small = prune_units(model, 0.5)
+    new = small.get_layer("rnn")
+    assert new.forward_layer.units == new.backward_layer.units == 3
+    old_gate = rnn.forward_layer.cell.kernel.numpy()[:, :6]  # the first gate's columns
+    new_gate = new.forward_layer.cell.kernel.numpy()[:, :3]
+    assert any(np.array_equal(old_gate[:, 5], column) for column in new_gate.T)
+    x = _x()
+    lite = LiteModel(to_tflite(small))
+    np.testing.assert_allclose(lite.predict(x), small.predict(x, verbose=0), atol=1e-4)
