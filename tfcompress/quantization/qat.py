@@ -22,6 +22,7 @@ from tfcompress._serialization import register
 from tfcompress.quantization import clusters, folding, registry
 from tfcompress.quantization.config import QuantizeConfig
 from tfcompress.quantization.layers import ActivationQuantizer, QuantizeWrapper
+from tfcompress.quantization.recurrent import QuantizedRecurrent
 
 
 def quantize_model(
@@ -337,6 +338,9 @@ class _GraphRewriter:
                 self._plan_weighted(layer, layer_configs, preserve, output_ids)
             elif role in _WRAPPED_ROLES and self.quantize and not opted_out:
                 self.plan[id(layer)] = ("wrap", config or QuantizeConfig())
+            elif role == "recurrent" and self.quantize and not opted_out and not _masked(layer):
+                self.plan[id(layer)] = ("recurrent", config or QuantizeConfig())
+                self.n_quantized += 1
             else:
                 self.plan[id(layer)] = ("copy",)
                 if self.quantize and role != "pass":
@@ -581,6 +585,12 @@ class _GraphRewriter:
         if action[0] == "weighted" and action[1] is None:
             return self._copy(layer, action[2], action[3])(*args, **kwargs)
         inputs = self._quantized_inputs(args[0])
+        if action[0] == "recurrent":
+            if id(layer) not in self.copies:
+                self.copies[id(layer)] = QuantizedRecurrent(_copy_layer(layer), action[1])
+            out = self.copies[id(layer)](inputs)
+            self.quantized_ids.add(id(out))
+            return out
         if id(layer) in self.hard_swish_products:
             self.hard_swish_inputs[self.hard_swish_products[id(layer)]] = inputs[0]
         if id(layer) in self.fused_ops:
@@ -725,6 +735,14 @@ def _is_divisor(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0
 
 
+def _masked(layer):
+    """A layer called with a mask (after `Masking`, `Embedding(mask_zero=True)`)."""
+    return any(
+        _compat.node_arguments(node)[1].get("mask") is not None
+        for node in _compat.inbound_nodes(layer)
+    )
+
+
 def _checked(wrapper):
     """Marks a wrapper whose clustered kernels `_resolved_config` checked (before folding)."""
     wrapper._clusters_checked = True
@@ -791,7 +809,7 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
         if config.mode == "float":
             opted_out.append(layer.name)
             continue
-        if role is None:
+        if role is None or role == "recurrent":  # recurrent: in Sequential/Functional models
             unsupported.append(layer.name)
             continue
         if role == "pass":

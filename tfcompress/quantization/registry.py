@@ -396,10 +396,41 @@ def weighted_kind(layer):
     return RBM if _is_rbm(layer) else _custom_kind(spec)
 
 
+RECURRENT = ("LSTM", "GRU", "SimpleRNN")
+
+
+def quantizable_recurrent(layer):
+    """Whether `QuantizedRecurrent` computes `layer` exactly (else it stays float).
+
+    A plain LSTM, GRU (`reset_after=True`, Keras' default) or SimpleRNN with
+    its default activations (tanh, and sigmoid gates), returning its output
+    only, not stateful; or a `Bidirectional` of two such layers merging by
+    concatenation or sum.
+    """
+    if type(layer) is keras.layers.Bidirectional:
+        return layer.merge_mode in ("concat", "sum") and all(
+            quantizable_recurrent(rnn) for rnn in (layer.forward_layer, layer.backward_layer)
+        )
+    kind = type(layer).__name__
+    if kind not in RECURRENT or type(layer) is not getattr(keras.layers, kind):
+        return False
+    cell = layer.cell
+    if layer.return_state or layer.stateful or not cell.built:
+        return False
+    if getattr(cell.activation, "__name__", None) != "tanh":
+        return False
+    gates = getattr(getattr(cell, "recurrent_activation", None), "__name__", None)
+    if kind != "SimpleRNN" and gates != "sigmoid":
+        return False
+    return kind != "GRU" or cell.reset_after
+
+
 def role(layer):
-    """One of "weighted", "merge", "activation", "ranged", "affine", "pass", None."""
+    """One of "weighted", "merge", "activation", "ranged", "affine", "recurrent", "pass", None."""
     if weighted_kind(layer) is not None:
         return "weighted"
+    if quantizable_recurrent(layer):
+        return "recurrent"
     if isinstance(layer, MERGE_LAYERS):
         return "merge"
     if isinstance(layer, ACTIVATION_LAYERS):
