@@ -181,14 +181,17 @@ tfc.export.to_tflite(model, sys.argv[2])
 
 def test_files_of_a_killed_export_are_swept_by_the_next(mlp, tmp_path, monkeypatch):
     scratch, out = tmp_path / "tmp", tmp_path / "out"
-    scratch.mkdir()
-    out.mkdir()
-    env = dict(os.environ, TMPDIR=str(scratch), TF_CPP_MIN_LOG_LEVEL="3")
+    # Each killed export gets a scratch and an output folder the other does not sweep
+    # (an export sweeps dead owners' files where it writes): no race between them.
+    folders = {"convert": (scratch, tmp_path / "out_c"), "rename": (tmp_path / "tmp_r", out)}
+    for folder in (scratch, out, tmp_path / "out_c", tmp_path / "tmp_r"):
+        folder.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _KILLED_EXPORT, where, str(out / "m.tflite")], env=env
+            [sys.executable, "-c", _KILLED_EXPORT, where, str(target / "m.tflite")],
+            env=dict(os.environ, TMPDIR=str(temp), TF_CPP_MIN_LOG_LEVEL="3"),
         )
-        for where in ("convert", "rename")
+        for where, (temp, target) in folders.items()
     ]
     assert [p.wait(timeout=120) for p in procs] == [-signal.SIGKILL] * 2
     assert any(n.startswith("tfc-export-") for n in os.listdir(scratch))

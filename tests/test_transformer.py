@@ -1,26 +1,24 @@
 """Transformer blocks (MultiHeadAttention, LayerNormalization, GELU MLP) through export."""
 
+import importlib.util
+import pathlib
+
 import keras
 import numpy as np
 import pytest
 from conftest import trained_on_digit_rows
 
 from tfcompress.export import LiteModel, to_tflite
+from tfcompress.pruning import prune_units
 
 L = keras.layers
+_spec = importlib.util.spec_from_file_location(
+    "transformer_bench", pathlib.Path(__file__).parents[1] / "benchmarks" / "transformer_bench.py"
+)
+transformer_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(transformer_bench)
+encoder = transformer_bench.encoder
 
-
-def encoder(steps=8, features=8, dim=32, heads=2, blocks=1, classes=10):
-    """A small text-style encoder: Dense embedding, attention + GELU MLP blocks, mean pool."""
-    inputs = keras.Input((steps, features))
-    x = L.Dense(dim, name="embed")(inputs)
-    for i in range(blocks):
-        attention = L.MultiHeadAttention(heads, dim // heads, name=f"mha{i}")(x, x)
-        x = L.LayerNormalization(name=f"ln{i}a")(x + attention)
-        mlp = L.Dense(2 * dim, activation="gelu", name=f"mlp{i}a")(x)
-        x = L.LayerNormalization(name=f"ln{i}b")(x + L.Dense(dim, name=f"mlp{i}b")(mlp))
-    x = L.GlobalAveragePooling1D()(x)
-    return keras.Model(inputs, L.Dense(classes, name="head")(x))
 
 
 @pytest.mark.parametrize(
@@ -60,3 +58,40 @@ def test_int8_ptq_is_fully_int8(trained_encoder):
     predicted = lite.predict(xt).argmax(1)
     assert np.mean(predicted == reference.argmax(1)) >= 0.97
     assert abs(np.mean(predicted == yt) - accuracy) <= 0.02
+
+
+def _silence_heads(attention, heads):
+    """Zero the query, key and value weights of `heads`: each attends uniformly to
+    zero values, so its output is exactly 0 and removing it changes nothing."""
+    for dense in (attention.query_dense, attention.key_dense, attention.value_dense):
+        kernel, bias = dense.kernel.numpy(), dense.bias.numpy()
+        kernel[:, heads] = 0
+        bias[heads] = 0
+        dense.kernel.assign(kernel)
+        dense.bias.assign(bias)
+
+
+def test_prune_units_removes_whole_heads():
+    model = encoder(dim=16, heads=4)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in model.weights])
+    attention = model.get_layer("mha0")
+    _silence_heads(attention, [0, 2])
+    small = prune_units(model, {"mha0": 0.5})
+    new = small.get_layer("mha0")
+    assert new.num_heads == 2
+    np.testing.assert_array_equal(
+        new.value_dense.kernel.numpy(), attention.value_dense.kernel.numpy()[:, [1, 3]]
+    )
+    np.testing.assert_array_equal(
+        new.output_dense.kernel.numpy(), attention.output_dense.kernel.numpy()[[1, 3]]
+    )
+    x = rng.normal(size=(8, 8, 8)).astype("float32")
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    # The whole encoder at half: half the heads and half the MLP units, exported.
+    half = prune_units(model, 0.5)
+    assert half.get_layer("mha0").num_heads == 2
+    assert half.get_layer("mlp0a").units == 16
+    assert half.count_params() < 0.75 * model.count_params()
+    lite = LiteModel(to_tflite(half))
+    np.testing.assert_allclose(lite.predict(x), half.predict(x, verbose=0), atol=1e-4)

@@ -1,9 +1,10 @@
 """Structured pruning: remove whole neurons and filters, giving a smaller dense model.
 
 Zeros alone do not make a TFLite model faster; fewer units do. `prune_units`
-ranks the output units of Dense and Conv layers, and the hidden units of
-LSTM/GRU/SimpleRNN layers, by the norm of their incoming weights, removes the
-weakest, and slices every tensor and layer those channels flow through.
+ranks the output units of Dense and Conv layers, the hidden units of
+LSTM/GRU/SimpleRNN layers and the heads of MultiHeadAttention layers by the
+norm of their incoming weights, removes the weakest, and slices every tensor
+and layer those channels flow through.
 
 The hard part is knowing which channels must go together. A residual `Add`
 makes its two inputs share channels (both producers must lose the same
@@ -205,6 +206,8 @@ class _ChannelGraph:
             self._opaque(node, [])
         elif _recurrent_parts(op) and _sequence_only(args, kwargs):
             self._produce_recurrent(node, op, args[0])  # a mask (from Masking) has no channels
+        elif _removable_heads(op):
+            self._attention(node, op, tensors)
         elif isinstance(op, keras.layers.Layer):
             self._visit_layer(node, op, tensors)
         else:
@@ -369,7 +372,52 @@ class _ChannelGraph:
         self._set(node, self.producers[id(layer)].slots)
 
 
+    def _attention(self, node, layer, tensors):
+        """A MultiHeadAttention: whole heads can go; its channels in and out stay."""
+        self._opaque(node, tensors)
+        if id(layer) not in self.producers:
+            scores = _head_scores(layer, self.criterion)
+            self.producers[id(layer)] = _Producer(layer, self.slots.new(len(scores)), scores)
+
+
 _RECURRENT = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
+
+
+def _removable_heads(layer):
+    """A plain, built `MultiHeadAttention` (no gate): its heads can be removed."""
+    return (
+        type(layer) is keras.layers.MultiHeadAttention
+        and layer.built
+        and not getattr(layer, "use_gate", False)
+    )
+
+
+def _head_projections(layer):
+    return (layer.query_dense, layer.key_dense, layer.value_dense)
+
+
+def _head_scores(layer, criterion):
+    """The norm of each head's query, key and value kernels (its incoming weights)."""
+    per_head = [
+        np.moveaxis(dense.kernel.numpy(), 1, 0).reshape(layer.num_heads, -1)
+        for dense in _head_projections(layer)
+    ]  # each (heads, dim x head size)
+    stacked = np.concatenate(per_head, axis=1)
+    return np.abs(stacked).sum(1) if criterion == "l1" else np.sqrt((stacked**2).sum(1))
+
+
+def _sliced_heads(layer, keep):
+    """The attention's weights with heads `keep` only (query/key/value heads, output rows)."""
+    values = []
+    for dense in _head_projections(layer):
+        for variable in dense.weights:  # kernel (dim, heads, size), bias (heads, size)
+            axis = 1 if variable is dense.kernel else 0
+            values.append(np.take(variable.numpy(), keep, axis=axis))
+    output = layer.output_dense
+    for variable in output.weights:  # kernel (heads, size, out), bias (out,)
+        value = variable.numpy()
+        values.append(np.take(value, keep, axis=0) if variable is output.kernel else value)
+    return values
 
 
 def _recurrent_parts(layer):
@@ -706,6 +754,9 @@ def _rebuild(model, cuts):
         if parts:
             config = _recurrent_config(layer, parts, cut)
             values = _sliced_recurrent(layer, parts, cut)
+        elif _removable_heads(layer):
+            config = {**layer.get_config(), "num_heads": len(cut.keep_out)}
+            values = _sliced_heads(layer, cut.keep_out)
         else:
             config, values = _new_config(layer, cut), _sliced_weights(layer, cut)
         new = layer.__class__.from_config(config)
@@ -736,7 +787,7 @@ def _rebuild(model, cuts):
 
 
 def prune_units(model, fraction=0.5, criterion="l1", *, layers=None, exclude=None):
-    """Removes the weakest neurons of Dense, filters of Conv and hidden units of recurrent layers.
+    """Removes the weakest units: Dense neurons, Conv filters, recurrent units, attention heads.
 
     The model's graph, Keras op nodes included, is read as channel
     dependencies: element-wise merges and ops (`Add` of a residual block,
