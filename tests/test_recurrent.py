@@ -284,3 +284,39 @@ def test_qat_leaves_unsupported_recurrent_layers_float_and_names_them():
     with pytest.warns(UserWarning, match="bi.*masked.*gru_v1"):
         qat = tfc.quantization.quantize_model(model)
     assert not any(isinstance(layer, tfc.quantization.QuantizedRecurrent) for layer in qat.layers)
+
+
+@keras.saving.register_keras_serializable("tfc_test")
+class SubclassedTagger(keras.Model):
+    """A subclassed model holding a GRU: QAT swaps it for a QuantizedRecurrent slot."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.rnn = L.GRU(12, return_sequences=True)
+        self.pool = L.GlobalAveragePooling1D()
+        self.out = L.Dense(4)
+
+    def call(self, x):
+        return self.out(self.pool(self.rnn(x)))
+
+
+def test_qat_recurrent_layer_of_a_subclassed_model(tmp_path):
+    model = SubclassedTagger()
+    x = _x(64, steps=4)
+    model(x)
+    _randomize(model)
+    y = np.argmax(model.predict(x, verbose=0), -1)
+    qat = tfc.quantization.quantize_model(model)
+    assert isinstance(qat.model.rnn, tfc.quantization.QuantizedRecurrent)
+    qat.compile(keras.optimizers.Adam(1e-3), LOSS)
+    qat.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    lite = LiteModel(to_tflite(qat, quantization="int8"))
+    assert lite.is_fully_int8(), lite.float_ops()
+    assert np.mean(lite.predict(x).argmax(-1) == qat.predict(x, verbose=0).argmax(-1)) >= 0.98
+    qat.save(tmp_path / "qat.keras")
+    reloaded = keras.saving.load_model(tmp_path / "qat.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="cannot skip masked steps"):
+        qat.model.rnn(x, mask=np.ones((64, 4), bool))

@@ -25,7 +25,8 @@ def mark_quantized(x):
     return x
 
 
-def _is_quantized(x):
+def is_on_int8_grid(x):
+    """Whether `x` came straight out of a quantized layer (see `mark_quantized`)."""
     return _QUANTIZED.get(id(x)) is x
 
 
@@ -537,7 +538,7 @@ class QuantizeWrapper(keras.layers.Layer):
         """The inputs on their int8 grids, and the quantizer of the first one (if applied)."""
         single = len(self.input_quantizers) == 1 and not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
-        applied = [not _is_quantized(x) for x in items]
+        applied = [not is_on_int8_grid(x) for x in items]
         items = [
             q(x, training=training) if apply else x
             for x, q, apply in zip(items, self.input_quantizers, applied)

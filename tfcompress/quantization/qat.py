@@ -809,7 +809,7 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
         if config.mode == "float":
             opted_out.append(layer.name)
             continue
-        if role is None or role == "recurrent":  # recurrent: in Sequential/Functional models
+        if role is None:
             unsupported.append(layer.name)
             continue
         if role == "pass":
@@ -828,6 +828,8 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
         elif role == "weighted":
             n_weighted += 1
             config = _resolved_config(layer, layer_configs, preserve)
+        elif role == "recurrent":
+            n_weighted += 1
         resolved[path] = config
     if unbuilt:
         raise ValueError(
@@ -952,6 +954,9 @@ def _replace(slot_role, config, cluster_shapes=None, sub_model_configs=None):
         new = _GraphRewriter(graph, by_name, (True, False), True, resolved=True).run(False, False)
     elif role == "graph":
         new = quantize_model(layer) if config.mode == "int8" else layer
+    elif role == "recurrent":
+        new = QuantizedRecurrent(layer, config, quantize_inputs=True)
+        new.build()
     else:
         new = QuantizeWrapper(layer, config, quantize_inputs=True, cluster_shapes=cluster_shapes)
         new.build((layer.get_build_config() or {}).get("input_shape"))

@@ -19,6 +19,7 @@ from tfcompress.quantization import quantizers, registry
 from tfcompress.quantization.config import QuantizeConfig
 from tfcompress.quantization.layers import (
     ActivationQuantizer,
+    is_on_int8_grid,
     mark_quantized,
     wrapper_arguments,
 )
@@ -52,10 +53,14 @@ class QuantizedRecurrent(keras.layers.Layer):
             `registry.quantizable_recurrent(layer)` must hold.
         quantize_config: a `QuantizeConfig` (its `ema_decay` sets how fast the
             ranges move); `None` uses the defaults.
+        quantize_inputs: give the input sequence a range unless it comes
+            straight from another quantized layer (subclassed models, where
+            the producer is unknown).
         **kwargs: base `Layer` arguments.
 
     Raises:
-        ValueError: if `registry.quantizable_recurrent` refuses the layer.
+        ValueError: if `registry.quantizable_recurrent` refuses the layer, or
+            (when called) it is called with a mask.
 
     Example:
         >>> lstm = keras.layers.LSTM(4)
@@ -67,7 +72,7 @@ class QuantizedRecurrent(keras.layers.Layer):
 
     tfc_fake_quant = True
 
-    def __init__(self, layer, quantize_config=None, **kwargs):
+    def __init__(self, layer, quantize_config=None, quantize_inputs=False, **kwargs):
         if not isinstance(layer, keras.layers.Layer) or not registry.quantizable_recurrent(layer):
             raise ValueError(
                 "QuantizedRecurrent needs a built LSTM, GRU (reset_after=True) or SimpleRNN "
@@ -79,6 +84,7 @@ class QuantizedRecurrent(keras.layers.Layer):
         super().__init__(**kwargs)
         self.layer = layer
         self.quantize_config = quantize_config or QuantizeConfig()
+        self.quantize_inputs = bool(quantize_inputs)
         if isinstance(layer, keras.layers.Bidirectional):
             self.directions = [
                 (layer.forward_layer, "forward_"), (layer.backward_layer, "backward_")
@@ -94,6 +100,8 @@ class QuantizedRecurrent(keras.layers.Layer):
         # TFLite's CONCATENATION (and the PACK of a sequence) keep one scale for their
         # inputs and output: a concatenated Bidirectional's hidden states share a range.
         self.aliases = {}
+        if self.quantize_inputs:
+            roles.append("input")
         if len(self.directions) > 1:
             roles.append("merged")
             if self.layer.merge_mode == "concat":
@@ -107,7 +115,15 @@ class QuantizedRecurrent(keras.layers.Layer):
             self.ranges[role] = quantizer
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None:
+            raise ValueError(
+                f"The quantized recurrent layer {self.layer.name!r} computes every step: it "
+                "cannot skip masked steps. Leave it float (`exclude=` in `quantize_model`). "
+                "Received: a mask"
+            )
+        if self.quantize_inputs and not is_on_int8_grid(inputs):
+            inputs = self.ranges["input"](inputs, training=training)
         outputs = [self._direction(rnn, p, inputs, training) for rnn, p in self.directions]
         if len(outputs) == 1:
             return mark_quantized(outputs[0])
@@ -152,6 +168,7 @@ class QuantizedRecurrent(keras.layers.Layer):
         config = {
             "layer": keras.saving.serialize_keras_object(self.layer),
             "quantize_config": keras.saving.serialize_keras_object(self.quantize_config),
+            "quantize_inputs": self.quantize_inputs,
         }
         return {**super().get_config(), **config}
 
