@@ -320,3 +320,33 @@ def test_qat_recurrent_layer_of_a_subclassed_model(tmp_path):
     )
     with pytest.raises(ValueError, match="cannot skip masked steps"):
         qat.model.rnn(x, mask=np.ones((64, 4), bool))
+
+
+def test_qat_keeps_the_zeros_of_pruned_recurrent_kernels(tmp_path):
+    model = _qat_net("stacked")
+    _randomize(model)
+    x = _x(64, steps=4)
+    y = np.argmax(model.predict(x, verbose=0), -1)
+    pruned = tfc.pruning.prune_low_magnitude(
+        model, pruning_schedule=tfc.pruning.ConstantSparsity(0.5, 0)
+    )
+    pruned.compile("sgd", LOSS)
+    pruned.fit(x, y, epochs=1, verbose=0, callbacks=[tfc.pruning.UpdatePruningStep()])
+    stripped = tfc.pruning.strip_pruning(pruned)
+    qat = tfc.quantization.quantize_model(stripped)
+    qat.compile(keras.optimizers.Adam(1e-2), LOSS)
+    qat.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    for wrapper in (w for w in qat.layers if isinstance(w, tfc.quantization.QuantizedRecurrent)):
+        cell = wrapper.layer.cell
+        for variable in (cell.kernel, cell.recurrent_kernel):
+            masked = variable.numpy() * wrapper.masks[id(variable)].numpy()
+            assert np.mean(masked == 0) == pytest.approx(0.5, abs=0.02), variable.path
+    qat.save(tmp_path / "qat.keras")  # the masks are weights: they reload
+    reloaded = keras.saving.load_model(tmp_path / "qat.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6
+    )
+    free = tfc.quantization.quantize_model(stripped, preserve_sparsity=False)
+    assert not any(
+        w.masks for w in free.layers if isinstance(w, tfc.quantization.QuantizedRecurrent)
+    )

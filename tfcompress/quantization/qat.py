@@ -222,6 +222,18 @@ def _has_zeros(layer):
     return any(np.any(getattr(layer, attr).numpy() == 0) for attr in kind.kernels)
 
 
+def _recurrent_config(layer, config, preserve_sparsity):
+    """A recurrent layer's config: masks only where a kernel has zeros to keep."""
+    config = config or QuantizeConfig()
+    kernels = [
+        variable.numpy() for variable in layer.weights if "kernel" in variable.path.split("/")[-1]
+    ]
+    has_zeros = any(np.any(k == 0) for k in kernels)
+    if config.preserve_sparsity and not (preserve_sparsity and has_zeros):
+        config = QuantizeConfig(**{**config.get_config(), "preserve_sparsity": False})
+    return config
+
+
 def _resolved_config(layer, layer_configs, preserve):
     preserve_sparsity, preserve_clusters = preserve
     config = layer_configs.get(layer.name) or QuantizeConfig()
@@ -339,7 +351,7 @@ class _GraphRewriter:
             elif role in _WRAPPED_ROLES and self.quantize and not opted_out:
                 self.plan[id(layer)] = ("wrap", config or QuantizeConfig())
             elif role == "recurrent" and self.quantize and not opted_out and not _masked(layer):
-                self.plan[id(layer)] = ("recurrent", config or QuantizeConfig())
+                self.plan[id(layer)] = ("recurrent", _recurrent_config(layer, config, preserve[0]))
                 self.n_quantized += 1
             else:
                 self.plan[id(layer)] = ("copy",)
@@ -830,6 +842,7 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
             config = _resolved_config(layer, layer_configs, preserve)
         elif role == "recurrent":
             n_weighted += 1
+            config = _recurrent_config(layer, config, preserve[0])
         resolved[path] = config
     if unbuilt:
         raise ValueError(

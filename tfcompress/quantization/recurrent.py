@@ -42,7 +42,8 @@ class QuantizedRecurrent(keras.layers.Layer):
     """Runs an LSTM, GRU or SimpleRNN (or a Bidirectional one) unrolled on int8 grids.
 
     The wrapped layer keeps its float variables (training updates them); its
-    kernels are fake-quantized per tensor in every step. Dropout and masks are
+    kernels are fake-quantized per tensor in every step (with
+    `quantize_config.preserve_sparsity`, their zeros are kept by masks). Dropout and masks are
     not applied (masked layers stay float). A `Bidirectional` layer runs both
     directions with ranges of their own and merges them as TFLite does: a
     CONCATENATION (whose inputs share its range: both directions' hidden
@@ -113,7 +114,25 @@ class QuantizedRecurrent(keras.layers.Layer):
             quantizer = ActivationQuantizer(ema_decay=decay, name=f"{self.name}_{role}")
             quantizer.build()
             self.ranges[role] = quantizer
+        # With preserve_sparsity, the kernels' zeros (pruned weights) stay zero.
+        self.masks = {}
+        if self.quantize_config.preserve_sparsity:
+            for rnn, prefix in self.directions:
+                for kernel in (rnn.cell.kernel, rnn.cell.recurrent_kernel):
+                    name = f"{prefix}{kernel.path.split('/')[-1]}_mask"
+                    self.masks[id(kernel)] = self.add_weight(
+                        name=name,
+                        shape=tuple(kernel.shape),
+                        initializer=lambda shape, dtype, k=kernel: ops.cast(
+                            ops.not_equal(k, 0.0), dtype
+                        ),
+                        trainable=False,
+                    )
         self.built = True
+
+    def _kernel(self, variable):
+        mask = self.masks.get(id(variable))
+        return quantizers.quantize_weight(variable if mask is None else variable * mask)
 
     def call(self, inputs, training=None, mask=None):
         if mask is not None:
@@ -144,8 +163,7 @@ class QuantizedRecurrent(keras.layers.Layer):
             role = self.aliases.get(prefix + role, prefix + role)
             return self.ranges[role](x, training=bool(training) and update)
 
-        kernel = quantizers.quantize_weight(cell.kernel)
-        recurrent = quantizers.quantize_weight(cell.recurrent_kernel)
+        kernel, recurrent = self._kernel(cell.kernel), self._kernel(cell.recurrent_kernel)
         steps = ops.unstack(inputs, axis=1)
         if rnn.go_backwards:
             steps = steps[::-1]
