@@ -371,7 +371,6 @@ class _ChannelGraph:
             )
         self._set(node, self.producers[id(layer)].slots)
 
-
     def _attention(self, node, layer, tensors):
         """A MultiHeadAttention: whole heads can go; its channels in and out stay."""
         self._opaque(node, tensors)
@@ -402,8 +401,7 @@ def _head_scores(layer, criterion):
         np.moveaxis(dense.kernel.numpy(), 1, 0).reshape(layer.num_heads, -1)
         for dense in _head_projections(layer)
     ]  # each (heads, dim x head size)
-    stacked = np.concatenate(per_head, axis=1)
-    return np.abs(stacked).sum(1) if criterion == "l1" else np.sqrt((stacked**2).sum(1))
+    return _scores(np.concatenate(per_head, axis=1).T, criterion)
 
 
 def _sliced_heads(layer, keep):
@@ -458,10 +456,7 @@ def _concatenates_parts(layer):
 def _recurrent_scores(cell, criterion):
     """The norm of each hidden unit's weights over every gate (input and recurrent)."""
     stacked = np.concatenate([cell.kernel.numpy(), cell.recurrent_kernel.numpy()])
-    per_gate = stacked.reshape(len(stacked), -1, cell.units)  # (rows, gates, units)
-    if criterion == "l1":
-        return np.abs(per_gate).sum((0, 1))
-    return np.sqrt((per_gate**2).sum((0, 1)))
+    return _scores(stacked.reshape(len(stacked), -1, cell.units), criterion)  # (rows, gates, units)
 
 
 def _gate_columns(cell, keep):

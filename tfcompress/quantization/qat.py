@@ -225,10 +225,11 @@ def _has_zeros(layer):
 def _recurrent_config(layer, config, preserve_sparsity):
     """A recurrent layer's config: masks only where a kernel has zeros to keep."""
     config = config or QuantizeConfig()
-    kernels = [
-        variable.numpy() for variable in layer.weights if "kernel" in variable.path.split("/")[-1]
-    ]
-    has_zeros = any(np.any(k == 0) for k in kernels)
+    has_zeros = any(
+        np.any(kernel.numpy() == 0)
+        for rnn in registry.recurrent_directions(layer)
+        for kernel in (rnn.cell.kernel, rnn.cell.recurrent_kernel)
+    )
     if config.preserve_sparsity and not (preserve_sparsity and has_zeros):
         config = QuantizeConfig(**{**config.get_config(), "preserve_sparsity": False})
     return config

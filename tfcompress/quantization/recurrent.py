@@ -86,12 +86,9 @@ class QuantizedRecurrent(keras.layers.Layer):
         self.layer = layer
         self.quantize_config = quantize_config or QuantizeConfig()
         self.quantize_inputs = bool(quantize_inputs)
-        if isinstance(layer, keras.layers.Bidirectional):
-            self.directions = [
-                (layer.forward_layer, "forward_"), (layer.backward_layer, "backward_")
-            ]
-        else:
-            self.directions = [(layer, "")]
+        rnns = registry.recurrent_directions(layer)
+        prefixes = ("forward_", "backward_") if len(rnns) > 1 else ("",)
+        self.directions = list(zip(rnns, prefixes))
 
     def build(self, input_shape=None):
         decay = self.quantize_config.ema_decay

@@ -399,6 +399,13 @@ def weighted_kind(layer):
 RECURRENT = ("LSTM", "GRU", "SimpleRNN")
 
 
+def recurrent_directions(layer):
+    """The recurrent layers a layer runs: a Bidirectional's forward and backward, else itself."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        return [layer.forward_layer, layer.backward_layer]
+    return [layer]
+
+
 def quantizable_recurrent(layer):
     """Whether `QuantizedRecurrent` computes `layer` exactly (else it stays float).
 
@@ -409,7 +416,7 @@ def quantizable_recurrent(layer):
     """
     if type(layer) is keras.layers.Bidirectional:
         return layer.merge_mode in ("concat", "sum") and all(
-            quantizable_recurrent(rnn) for rnn in (layer.forward_layer, layer.backward_layer)
+            quantizable_recurrent(rnn) for rnn in recurrent_directions(layer)
         )
     kind = type(layer).__name__
     if kind not in RECURRENT or type(layer) is not getattr(keras.layers, kind):
