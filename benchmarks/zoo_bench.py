@@ -2,7 +2,8 @@
 
 Run: `nice -n 10 python benchmarks/zoo_bench.py [--models mobilenetv2 resnet50 ...]`
 (all models: about 2 hours on 2 cores; `--quick`: MobileNetV2 only, fewer epochs).
-Sequence models (Conv1D, LSTM, GRU, SimpleRNN, BiLSTM) read the digits row by row.
+Sequence models (Conv1D, LSTM, GRU, SimpleRNN, BiLSTM, a transformer encoder) read the
+digits row by row; a text encoder reads their 64 pixels as tokens, a ViT their 2x2 patches.
 
 For each `keras.applications` model (random init, trained on the bundled digits
 upscaled to 32x32 RGB) it prints one row per technique:
@@ -62,9 +63,15 @@ MODELS = {
     "GRU": (None, 30, False),
     "SimpleRNN": (None, 30, False),
     "BiLSTM": (None, 30, False),
+    # Transformers: an encoder on the rows, a text encoder on the pixels as 64 tokens
+    # (keras.io's TokenAndPositionEmbedding), a ViT on 2x2 patches (keras.io's PatchEncoder).
+    "Encoder": (None, 30, False),
+    "TextEncoder": (None, 30, False),
+    "ViT": (None, 30, False),
 }
 RECURRENT = ("LSTM", "GRU", "SimpleRNN", "BiLSTM")
-SEQUENCES = ("Conv1D", *RECURRENT)
+TRANSFORMERS = ("Encoder", "TextEncoder", "ViT")
+SEQUENCES = ("Conv1D", *RECURRENT, "Encoder", "TextEncoder")
 TECHNIQUES = (
     "float",
     "dynamic",
@@ -106,12 +113,64 @@ def recurrent_net(name, keras):
     return keras.Model(inputs, outputs, name=name.lower())
 
 
+def transformer_net(name, keras):
+    """The transformer zoo entries, one block of width 32 with 4 heads; `keras` is Keras 3
+    or tf_keras (the tfmot anchor). The custom layers are keras.io's."""
+    import tensorflow as tf
+
+    L = keras.layers
+
+    class TokenAndPositionEmbedding(L.Layer):
+        def __init__(self, maxlen, vocab_size, embed_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.config = dict(maxlen=maxlen, vocab_size=vocab_size, embed_dim=embed_dim)
+            self.token_emb = L.Embedding(vocab_size, embed_dim)
+            self.pos_emb = L.Embedding(maxlen, embed_dim)
+
+        def call(self, x):
+            return self.token_emb(x) + self.pos_emb(tf.range(tf.shape(x)[-1]))
+
+        def get_config(self):
+            return {**super().get_config(), **self.config}
+
+    class PatchEncoder(L.Layer):
+        def __init__(self, num_patches, projection_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.config = dict(num_patches=num_patches, projection_dim=projection_dim)
+            self.projection = L.Dense(projection_dim)
+            self.position_embedding = L.Embedding(num_patches, projection_dim)
+
+        def call(self, patch):
+            positions = tf.expand_dims(tf.range(self.config["num_patches"]), 0)
+            return self.projection(patch) + self.position_embedding(positions)
+
+        def get_config(self):
+            return {**super().get_config(), **self.config}
+
+    if name == "Encoder":
+        inputs = keras.Input((8, 8))
+        x = L.Dense(32)(inputs)
+    elif name == "TextEncoder":
+        inputs = keras.Input((64,), dtype="int32")
+        x = TokenAndPositionEmbedding(64, 17, 32)(inputs)
+    else:
+        inputs = keras.Input((8, 8, 1))
+        x = PatchEncoder(16, 32)(L.Reshape((16, 32))(L.Conv2D(32, 2, strides=2)(inputs)))
+    x = L.LayerNormalization()(L.Add()([x, L.MultiHeadAttention(4, 8)(x, x)]))
+    mlp = L.Dense(32)(L.Dense(64, activation="gelu")(x))
+    x = L.LayerNormalization()(L.Add()([x, mlp]))
+    outputs = L.Dense(10, activation="softmax")(L.GlobalAveragePooling1D()(x))
+    return keras.Model(inputs, outputs, name=name.lower())
+
+
 def build(name, size=SIZE):
     kwargs, _, _ = MODELS[name]
     keras.utils.set_random_seed(0)
     if name == "Conv1D":
         model = conv1d_net()
-    elif name in SEQUENCES:
+    elif name in TRANSFORMERS:
+        model = transformer_net(name, keras)
+    elif name in RECURRENT:
         model = recurrent_net(name, keras)
     else:
         model = getattr(keras.applications, name)(
@@ -124,6 +183,11 @@ def build(name, size=SIZE):
 
 
 def data(name):
+    if name == "TextEncoder":  # the 64 pixels as tokens 0..16
+        (x, y), (xt, yt) = tfc.datasets.load_digits()
+        return (np.rint(16 * x).astype("int32"), y), (np.rint(16 * xt).astype("int32"), yt)
+    if name == "ViT":
+        return tfc.datasets.load_digits(shape="image")
     if name in SEQUENCES:
         return tfc.datasets.load_digits(shape="sequence")
     (x, y), (xt, yt) = tfc.datasets.load_digits(shape="image", size=SIZE, channels=3)
@@ -204,7 +268,7 @@ def technique(name, tech, model, train, test, quick=False):
             smaller = fit(tfc.pruning.prune_units(model, 0.5), x, y, epochs(15), 2e-3)
             check(smaller, to_tflite(smaller), xt, yt, row)
             row["params_ratio"] = smaller.count_params() / model.count_params()
-            if not quick and name not in SEQUENCES:
+            if not quick and MODELS[name][0] is not None:  # keras.applications only
                 row.update(unit_speedups(name, model, smaller))
         elif tech == "cluster 16":
             clustered = fit(tfc.clustering.cluster_weights(model, 16), x, y, epochs(3), 1e-4)
@@ -250,8 +314,8 @@ TFMOT = textwrap.dedent("""
     import tensorflow as tf
     name, kwargs, size = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     if kwargs is None:
-        exec(sys.argv[4])  # defines recurrent_net
-        model = recurrent_net(name, keras)
+        exec(sys.argv[4])  # defines recurrent_net and transformer_net
+        model = globals()[sys.argv[5]](name, keras)
     else:
         model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3),
                                                   classes=10, **kwargs)
@@ -277,11 +341,12 @@ TFMOT = textwrap.dedent("""
 
 def tfmot_anchor(name):
     kwargs = MODELS[name][0]
-    if kwargs is None and name not in RECURRENT:
+    if kwargs is None and name not in RECURRENT + TRANSFORMERS:
         return {}
+    source = inspect.getsource(recurrent_net) + inspect.getsource(transformer_net)
+    builder = "transformer_net" if name in TRANSFORMERS else "recurrent_net"
     proc = subprocess.run(
-        [sys.executable, "-c", TFMOT, name, json.dumps(kwargs), str(SIZE),
-         inspect.getsource(recurrent_net)],
+        [sys.executable, "-c", TFMOT, name, json.dumps(kwargs), str(SIZE), source, builder],
         capture_output=True,
         text=True,
         timeout=1800,

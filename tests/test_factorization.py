@@ -205,12 +205,16 @@ class NoConfig(keras.Model):
         return self.layer(x)
 
 
-def test_low_rank_unreachable_layers_raise_naming_them():
+def test_low_rank_reaches_inside_custom_layers_and_names_what_it_cannot_copy():
     inputs = keras.Input((32,))
     block = Block()
     model = keras.Model(inputs, keras.layers.Dense(4)(block(inputs)))
-    with pytest.raises(ValueError, match="hidden_inside_block"):
-        low_rank(model, rank={"hidden_inside_block": 2})
+    small = low_rank(model, rank={"block/hidden_inside_block": 2})
+    assert isinstance(small.get_layer("block"), tfc.factorization.LowRankLayer)
+    first, second = small.get_layer("block").layer.inner.layers
+    u, s, vt = np.linalg.svd(block.inner.kernel.numpy().astype("float64"))
+    expected = (u[:, :2] * s[:2]) @ vt[:2]
+    np.testing.assert_allclose(first.kernel.numpy() @ second.kernel.numpy(), expected, atol=1e-5)
     unconfigurable = NoConfig(keras.layers.Dense(32))
     unconfigurable(np.zeros((1, 32), "float32"))
     with pytest.raises(ValueError, match="NoConfig"):

@@ -504,7 +504,7 @@ def test_layer_opt_out_and_unsupported_layers(digits):
         [
             keras.Input((64,)),
             L.Dense(16, name="d1"),
-            L.LayerNormalization(name="ln"),
+            L.RMSNormalization(name="ln"),
             L.Dense(10, name="d2"),
         ]
     )
@@ -515,7 +515,7 @@ def test_layer_opt_out_and_unsupported_layers(digits):
     assert [type(layer).__name__ for layer in qat.layers[1:]] == [
         "ActivationQuantizer",
         "QuantizeWrapper",
-        "LayerNormalization",
+        "RMSNormalization",
         "Dense",
     ]
     with pytest.raises(ValueError, match=r"\['ln', 'd2'\]"):

@@ -203,13 +203,16 @@ def test_custom_sublayer_model_goes_through_qat_and_low_rank(tmp_path):
     x = _tokens(256)
     y = x[:, 0] % 4  # learnable from the first token
     model = _fit(_token_model(), x, y, epochs=20, lr=1e-2)
-    with pytest.warns(UserWarning, match="token_and_position_embedding"):
-        qat = tfc.quantization.quantize_model(model)  # the embeddings stay float, named
+    qat = tfc.quantization.quantize_model(model)  # its embeddings are quantized inside it
+    assert isinstance(
+        qat.get_layer("token_and_position_embedding"), tfc.quantization.QuantizedComposite
+    )
     _fit(qat, x, y, epochs=2, lr=1e-3)
     tfc.export.to_tflite(qat, tmp_path / "qat.tflite", quantization="int8")
     lite, keras_logits = tfc.export.LiteModel(tmp_path / "qat.tflite"), qat.predict(x, verbose=0)
     assert np.mean(lite.predict(x).argmax(1) == keras_logits.argmax(1)) >= 0.99
-    assert "FULLY_CONNECTED" in lite.ops()
+    assert {"FULLY_CONNECTED", "GATHER"} <= set(lite.ops())
+    assert lite.is_fully_int8(), lite.float_ops()
 
     factorized = tfc.factorization.low_rank(model, rank=4)
     assert factorized.count_params() < model.count_params()

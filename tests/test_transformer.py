@@ -2,14 +2,25 @@
 
 import importlib.util
 import pathlib
+import warnings
 
 import keras
 import numpy as np
 import pytest
-from conftest import trained_on_digit_rows
+from conftest import compile_classifier, trained_on_digit_rows
+from keras import ops
 
+from tfcompress import datasets
+from tfcompress.clustering import cluster_weights, strip_clustering
 from tfcompress.export import LiteModel, to_tflite
+from tfcompress.factorization import LowRankLayer, low_rank, low_rank_report
 from tfcompress.pruning import prune_units
+from tfcompress.quantization import (
+    QuantizedAttention,
+    QuantizedComposite,
+    QuantizedLayerNorm,
+    quantize_model,
+)
 
 L = keras.layers
 _spec = importlib.util.spec_from_file_location(
@@ -95,3 +106,244 @@ def test_prune_units_removes_whole_heads():
     assert half.count_params() < 0.75 * model.count_params()
     lite = LiteModel(to_tflite(half))
     np.testing.assert_allclose(lite.predict(x), half.predict(x, verbose=0), atol=1e-4)
+
+
+def _int8_agreement(qat, x):
+    """The int8 file of a QAT model: its ops, and its top-1 agreement with the Keras model."""
+    lite = LiteModel(to_tflite(qat, quantization="int8"))
+    reference = qat.predict(x, verbose=0)
+    return lite, float(np.mean(lite.predict(x).argmax(1) == reference.argmax(1)))
+
+
+def test_qat_encoder_is_fully_int8_within_a_point_of_float(trained_encoder):
+    model, (x, y), (xt, yt) = trained_encoder
+    float_accuracy = np.mean(model.predict(xt, verbose=0).argmax(1) == yt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left float
+        qat = quantize_model(model)
+    kinds = {type(layer).__name__ for layer in qat.layers}
+    assert {"QuantizedAttention", "QuantizedLayerNorm"} <= kinds
+    compile_classifier(qat, 5e-4).fit(x, y, epochs=3, batch_size=32, verbose=0)
+    lite, agreement = _int8_agreement(qat, xt)
+    # Every Dense/EinsumDense, both BATCH_MATMULs, SOFTMAX, the layer norms' MEAN/RSQRT,
+    # GELU, the residual ADDs and the pooling run int8.
+    assert lite.is_fully_int8(), lite.float_ops()
+    assert {"BATCH_MATMUL", "SOFTMAX", "GELU", "RSQRT", "MEAN"} <= set(lite.ops())
+    assert agreement >= 0.99
+    assert np.mean(lite.predict(xt).argmax(1) == yt) >= float_accuracy - 0.01
+
+
+def test_quantized_attention_and_layer_norm_compute_the_float_layers():
+    """With ranges fitted to the data, the int8 grids stay close to Keras' float layers."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 8)).astype("float32")
+    attention = L.MultiHeadAttention(2, 4, value_dim=3)
+    expected = attention(x, x).numpy()
+    quantized = QuantizedAttention(attention, quantize_inputs=True)
+    quantized(x, x, training=True)  # ranges from this batch
+    got = quantized(x, x).numpy()
+    span = expected.max() - expected.min()
+    assert np.max(np.abs(got - expected)) < 0.05 * span
+    assert quantized.ranges["output"].min_value.numpy() <= expected.min()
+
+    norm = L.LayerNormalization()
+    norm.build((None, 6, 8))
+    norm.set_weights([rng.normal(m, 0.3, 8).astype("float32") for m in (1, 0)])
+    expected = norm(x * 3 + 1).numpy()
+    quantized = QuantizedLayerNorm(norm, quantize_inputs=True)
+    quantized(x * 3 + 1, training=True)
+    got = quantized(x * 3 + 1).numpy()
+    assert np.max(np.abs(got - expected)) < 0.05 * (expected.max() - expected.min())
+    with pytest.raises(ValueError, match="MultiHeadAttention"):
+        QuantizedAttention(L.Dense(3))
+    with pytest.raises(ValueError, match="one axis"):
+        QuantizedLayerNorm(L.LayerNormalization(axis=[1, 2]))
+
+
+@keras.saving.register_keras_serializable("tfc_tests")
+class PatchEncoder(L.Layer):
+    """keras.io's ViT patch encoder: a projection plus a learned position embedding."""
+
+    def __init__(self, num_patches, projection_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.num_patches, self.projection_dim = num_patches, projection_dim
+        self.projection = L.Dense(projection_dim, name="projection")
+        self.position_embedding = L.Embedding(num_patches, projection_dim, name="position")
+
+    def call(self, patch):
+        positions = ops.expand_dims(ops.arange(0, self.num_patches, 1), axis=0)
+        return self.projection(patch) + self.position_embedding(positions)
+
+    def get_config(self):
+        config = {"num_patches": self.num_patches, "projection_dim": self.projection_dim}
+        return {**super().get_config(), **config}
+
+
+def _vit(dim=32, heads=4):
+    """A ViT on the 8x8 digits: 2x2 patches by a strided Conv2D, keras.io's patch encoder."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    patches = L.Reshape((16, dim))(L.Conv2D(dim, 2, strides=2)(inputs))
+    x = PatchEncoder(16, dim, name="patch_encoder")(patches)
+    x = L.LayerNormalization()(x + L.MultiHeadAttention(heads, dim // heads, name="mha")(x, x))
+    mlp = L.Dense(dim, name="mlp_out")(L.Dense(2 * dim, activation="gelu", name="mlp_in")(x))
+    x = L.LayerNormalization()(x + mlp)
+    return keras.Model(inputs, L.Dense(10, name="head")(L.GlobalAveragePooling1D()(x)))
+
+
+@pytest.fixture(scope="module")
+def trained_vit():
+    (x, y), test = datasets.load_digits(shape="image")
+    model = compile_classifier(_vit(), 2e-3)
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    return model, (x, y), test
+
+
+def test_vit_with_keras_io_patch_encoder_through_qat_saved_and_reloaded(trained_vit, tmp_path):
+    model, (x, y), (xt, _) = trained_vit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the encoder's sublayers are quantized
+        qat = quantize_model(model)
+    encoder_layer = qat.get_layer("patch_encoder")
+    assert isinstance(encoder_layer, QuantizedComposite)
+    compile_classifier(qat, 5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
+    lite, agreement = _int8_agreement(qat, xt)
+    assert lite.is_fully_int8(), lite.float_ops()
+    assert {"CONV_2D", "BATCH_MATMUL", "SOFTMAX"} <= set(lite.ops())
+    assert agreement >= 0.99
+    qat.save(tmp_path / "vit.keras")
+    reloaded = keras.saving.load_model(tmp_path / "vit.keras")
+    expected = qat.predict(xt, verbose=0)
+    np.testing.assert_allclose(reloaded.predict(xt, verbose=0), expected, atol=1e-5)
+
+
+def test_masked_attention_stays_float_and_is_named():
+    inputs = keras.Input((6, 8))
+    x = L.MultiHeadAttention(2, 4, name="causal")(inputs, inputs, use_causal_mask=True)
+    model = keras.Model(inputs, L.Dense(3)(L.Flatten()(x)))
+    with pytest.warns(UserWarning, match="causal"):
+        qat = quantize_model(model)
+    assert not any(isinstance(layer, QuantizedAttention) for layer in qat.layers)
+    x = np.random.default_rng(0).normal(size=(4, 6, 8)).astype("float32")
+    np.testing.assert_allclose(qat.get_layer("causal")(x, x, use_causal_mask=True),
+                               model.get_layer("causal")(x, x, use_causal_mask=True), atol=1e-6)
+
+
+@keras.saving.register_keras_serializable("tfc_tests")
+class SubclassedEncoder(keras.Model):
+    """A transformer block written as a subclassed model."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embed = L.Dense(16)
+        self.attention = L.MultiHeadAttention(2, 8)
+        self.norm = L.LayerNormalization()
+        self.head = L.Dense(10)
+
+    def call(self, x):
+        x = self.embed(x)
+        x = self.norm(x + self.attention(x, x))
+        return self.head(ops.mean(x, axis=1))
+
+
+def test_subclassed_transformer_quantizes_attention_and_norm():
+    (x, y), (xt, _) = datasets.load_digits(shape="sequence")
+    keras.utils.set_random_seed(0)
+    model = SubclassedEncoder()
+    compile_classifier(model, 2e-3).fit(x, y, epochs=4, batch_size=32, verbose=0)
+    qat = quantize_model(model)
+    assert isinstance(qat.model.attention, QuantizedAttention)
+    assert isinstance(qat.model.norm, QuantizedLayerNorm)
+    compile_classifier(qat, 5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
+    lite, agreement = _int8_agreement(qat, xt)
+    assert {"BATCH_MATMUL", "SOFTMAX", "RSQRT"} <= set(lite.ops())
+    assert not {"BATCH_MATMUL", "SOFTMAX", "RSQRT"} & lite.float_ops()
+    assert agreement >= 0.99
+
+
+def _low_rank_weights(layer, rank, rng):
+    """Gives the layer's kernel, read as attention contracts it, an exact rank `rank`."""
+    kernel = layer.kernel.numpy()
+    rows = kernel.shape[0] if kernel.ndim == 2 or layer.name != "attention_output" else -1
+    matrix = kernel.reshape(rows, -1) if rows != -1 else kernel.reshape(-1, kernel.shape[-1])
+    a = rng.normal(0, 0.3, (matrix.shape[0], rank))
+    layer.kernel.assign((a @ rng.normal(0, 0.3, (rank, matrix.shape[1]))).reshape(kernel.shape))
+
+
+def test_low_rank_reaches_attention_and_custom_layers_exactly(tmp_path):
+    model = _vit()
+    rng = np.random.default_rng(0)
+    attention = model.get_layer("mha")
+    exact = {"mha/query": 3, "mha/attention_output": 5, "patch_encoder/projection": 4,
+             "mlp_in": 6}  # fmt: skip
+    layers = {label: model.get_layer(label.split("/")[0]) for label in exact}
+    inner = {"query": attention.query_dense, "attention_output": attention.output_dense,
+             "projection": layers["patch_encoder/projection"].projection}  # fmt: skip
+    for label, rank in exact.items():
+        _low_rank_weights(inner.get(label.split("/")[-1], layers[label]), rank, rng)
+    report = low_rank_report(model, rank=exact)
+    assert [row["layer"] for row in report] == list(exact)
+    assert all(row["factorized"] and row["error"] < 1e-6 for row in report), str(report)
+    small = low_rank(model, rank=exact)
+    assert isinstance(small.get_layer("mha"), LowRankLayer)
+    assert isinstance(small.get_layer("patch_encoder"), LowRankLayer)
+    assert small.count_params() < model.count_params()
+    x = rng.normal(size=(8, 8, 8, 1)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(small.predict(x, verbose=0), expected, atol=1e-4)
+    np.testing.assert_allclose(LiteModel(to_tflite(small)).predict(x), expected, atol=1e-4)
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.saving.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected, atol=1e-4)
+    # A plain sublayer name means every layer of that name; exclude= works on containers.
+    assert [row["layer"] for row in low_rank_report(model, rank={"key": 2})] == ["mha/key"]
+    kept = low_rank(model, rank=4, exclude=["mha"])
+    assert isinstance(kept.get_layer("mha"), L.MultiHeadAttention)
+
+
+def test_quantized_attention_runs_low_rank_projections(trained_vit):
+    model, (x, y), (xt, _) = trained_vit
+    small = compile_classifier(low_rank(model, rank=8), 1e-3)
+    small.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        qat = quantize_model(small)
+    attention = qat.get_layer("mha").layer.layer
+    assert isinstance(attention, QuantizedAttention)
+    assert "query_factor" in attention.ranges
+    compile_classifier(qat, 5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
+    lite, agreement = _int8_agreement(qat, xt)
+    assert lite.is_fully_int8(), lite.float_ops()
+    assert agreement >= 0.99
+
+
+def test_einsum_dense_factorizes_inline():
+    inputs = keras.Input((5, 12))
+    x = L.EinsumDense("abc,cd->abd", output_shape=(None, 10), bias_axes="d", name="ein")(inputs)
+    model = keras.Model(inputs, L.Dense(3)(x))
+    rng = np.random.default_rng(1)
+    _low_rank_weights(model.get_layer("ein"), 2, rng)
+    small = low_rank(model, rank={"ein": 2})
+    assert [type(layer).__name__ for layer in small.layers[1:3]] == ["EinsumDense"] * 2
+    x = rng.normal(size=(4, 5, 12)).astype("float32")
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_unregistered_custom_layers_cluster_strip_and_export():
+    class LocalPatchEncoder(PatchEncoder):  # not registered: a keras.io notebook's layer
+        pass
+
+    (x, y), (xt, _) = datasets.load_digits(shape="image")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    patches = L.Reshape((16, 8))(L.Conv2D(8, 2, strides=2)(inputs))
+    encoded = LocalPatchEncoder(16, 16)(patches)
+    model = keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling1D()(encoded)))
+    clustered = cluster_weights(model, 8)
+    compile_classifier(clustered, 1e-3).fit(x[:256], y[:256], epochs=1, verbose=0)
+    final = strip_clustering(clustered)
+    projection = final.layers[3].projection.kernel.numpy()
+    assert len(np.unique(projection)) <= 8
+    np.testing.assert_allclose(
+        LiteModel(to_tflite(final)).predict(xt[:64]), final.predict(xt[:64], verbose=0), atol=1e-4
+    )

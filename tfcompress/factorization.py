@@ -28,12 +28,43 @@ from tfcompress._serialization import register
 
 def _is_factorizable(layer):
     spec = layers_registry.lookup(layer)
-    return spec is not None and spec.factorize
+    if spec is not None and spec.factorize:
+        return True
+    return isinstance(layer, keras.layers.EinsumDense) and _einsum_axes(layer) is not None
+
+
+def _einsum_axes(layer):
+    """An EinsumDense that is a matrix product over its input's last axes, split up.
+
+    ``"abc,cde->abde"`` (attention's query/key/value) gives ``("abc", "ab", "c",
+    "de", "abde")``: input, kept, contracted and produced axes, output. Any
+    other equation (ellipses, kernel axes shared with the output) gives None.
+    """
+    parts = layer.equation.replace(" ", "").replace("->", ",").split(",")
+    if len(parts) != 3 or "." in layer.equation:
+        return None
+    inputs, kernel, outputs = parts
+    contracted = "".join(c for c in kernel if c in inputs and c not in outputs)
+    produced = "".join(c for c in kernel if c not in inputs)
+    kept = inputs[: len(inputs) - len(contracted)]
+    if not (contracted and produced and kernel == contracted + produced):
+        return None
+    if not inputs.endswith(contracted) or outputs != kept + produced:
+        return None
+    return inputs, kept, contracted, produced, outputs
 
 
 def _kernel_matrix(layer):
     kernel = layer.kernel.numpy().astype("float64")
+    if isinstance(layer, keras.layers.EinsumDense):
+        contracted = _einsum_axes(layer)[2]
+        return kernel.reshape(int(np.prod(kernel.shape[: len(contracted)])), -1)
     return kernel.reshape(-1, kernel.shape[-1])
+
+
+def _bias_size(layer):
+    bias = getattr(layer, "bias", None)
+    return 0 if bias is None else int(np.prod(bias.shape))
 
 
 def energy_rank(singular_values, energy):
@@ -82,15 +113,17 @@ class LowRankReport(list):
     """
 
     def __str__(self):
+        wide = max([23, *(len(row["layer"]) for row in self)]) + 1
+        kind = max([7, *(len(row["type"]) for row in self)]) + 1
         header = (
-            f"{'layer':<24}{'type':<8}{'matrix':>12}{'rank':>6}{'of':>5}"
+            f"{'layer':<{wide}}{'type':<{kind}}{'matrix':>12}{'rank':>6}{'of':>5}"
             f"{'params':>10}{'->':>4}{'after':>9}{'rel err':>9}  note"
         )
         lines = [header]
         for row in self:
             shape = "x".join(str(d) for d in row["shape"])
             lines.append(
-                f"{row['layer']:<24}{row['type']:<8}{shape:>12}{row['rank']:>6}"
+                f"{row['layer']:<{wide}}{row['type']:<{kind}}{shape:>12}{row['rank']:>6}"
                 f"{row['full_rank']:>5}{row['params_before']:>10}{'':>4}"
                 f"{row['params_after']:>9}{row['error']:>9.4f}  {row['reason']}"
             )
@@ -124,6 +157,17 @@ def _all_factorizable(model, select=None):
     ]
 
 
+def _labels(model):
+    """`{id(layer): label}`: the layer's name, after those of the layers holding it
+    that are no models (``"mha0/query"``: the names inside built-in and custom layers
+    repeat)."""
+    labels = {}
+    for layer, chain in surgery.walk_with_ancestors(model):
+        owners = [a.name for a in chain if not isinstance(a, keras.Model)]
+        labels[id(layer)] = "/".join([*owners, layer.name])
+    return labels
+
+
 def low_rank_report(model, rank=None, energy=0.9, *, layers=None, exclude=None):
     """What `low_rank` would do to each Dense/Conv layer of `model`, without doing it.
 
@@ -131,7 +175,9 @@ def low_rank_report(model, rank=None, energy=0.9, *, layers=None, exclude=None):
         model: a built Keras model.
         rank: `None` (choose by `energy`), an int (the same rank for every
             layer where it is below min(kernel dims)), or a dict
-            `{layer name: rank}` (only those layers are considered).
+            `{layer name: rank}` (only those layers are considered). A layer
+            inside another layer is named by its label, ``"mha0/query"``, or
+            its own name (then every layer of that name).
         energy: share of the squared singular values to keep, in (0, 1];
             used when `rank` is None.
         layers: optional names, classes or predicates of the layers to
@@ -154,18 +200,25 @@ def low_rank_report(model, rank=None, energy=0.9, *, layers=None, exclude=None):
     select = surgery.Selection(model, layers, exclude)
     layers_registry.warn_overridden(surgery.all_layers(model), "low_rank")
     layers = _all_factorizable(model, select)
+    labels = _labels(model)
     if rank is None:
         _check_energy(energy)
     elif isinstance(rank, dict):
-        by_name = {layer.name: layer for layer in layers}
+        chosen = {}
         for name, value in rank.items():
-            if name not in by_name:
+            named = [layer for layer in layers if name in (layer.name, labels[id(layer)])]
+            if not named:
                 raise ValueError(
-                    f"`rank` names '{name}', which is no Dense/Conv layer of the model "
-                    f"(those are {sorted(by_name)}). Received: rank={rank}"
+                    f"`rank` names '{name}', which is no Dense/Conv/EinsumDense layer of the "
+                    f"model (those are {sorted(labels[id(x)] for x in layers)}). "
+                    f"Received: rank={rank}"
                 )
-            _check_rank(value, name, min(_kernel_matrix(by_name[name]).shape))
-        layers = [by_name[name] for name in rank]
+            for layer in named:
+                _check_rank(value, name, min(_kernel_matrix(layer).shape))
+                chosen[id(layer)] = (layer, value)
+        layers, rank = [layer for layer, _ in chosen.values()], {
+            labels[i]: value for i, (_, value) in chosen.items()
+        }
     else:
         _check_rank(rank)
         full_ranks = [min(_kernel_matrix(layer).shape) for layer in layers]
@@ -174,23 +227,23 @@ def low_rank_report(model, rank=None, energy=0.9, *, layers=None, exclude=None):
                 f"`rank` must be smaller than min(kernel dims) of at least one layer "
                 f"(largest is {max(full_ranks)}). Received: rank={rank}"
             )
-    return LowRankReport(_plan_layer(layer, rank, energy) for layer in layers)
+    return LowRankReport(_plan_layer(layer, labels[id(layer)], rank, energy) for layer in layers)
 
 
-def _plan_layer(layer, rank, energy):
+def _plan_layer(layer, label, rank, energy):
     matrix = _kernel_matrix(layer)
     m, n = matrix.shape
     s = np.linalg.svd(matrix, compute_uv=False)
     full_rank = min(m, n)
     if isinstance(rank, dict):
-        r = int(rank[layer.name])
+        r = int(rank[label])
     elif rank is not None:
         r = int(rank)
     else:
         r = energy_rank(s, energy)
-    bias = layer.bias.shape[0] if layer.use_bias else 0
+    bias = _bias_size(layer)
     row = {
-        "layer": layer.name,
+        "layer": label,
         "type": type(layer).__name__,
         "shape": (m, n),
         "full_rank": full_rank,
@@ -221,7 +274,19 @@ def _factor_layers(layer, rank):
         activity_regularizer=None,
     )
     second_config = dict(config, name=f"{name}_v", kernel_regularizer=None)
-    if isinstance(layer, keras.layers.Dense):
+    if isinstance(layer, keras.layers.EinsumDense):
+        inputs, kept, contracted, produced, outputs = _einsum_axes(layer)
+        r = next(c for c in "zyxwvutsrqponmlkjihgfedcba" if c not in inputs + outputs)
+        shape = config["output_shape"]
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        first_config.update(
+            equation=f"{inputs},{contracted}{r}->{kept}{r}",
+            output_shape=(*shape[: len(kept) - 1], rank),
+            bias_axes=None,
+        )
+        del first_config["use_bias"]  # EinsumDense has bias_axes instead
+        second_config["equation"] = f"{kept}{r},{r}{produced}->{outputs}"
+    elif isinstance(layer, keras.layers.Dense):
         first_config["units"] = rank
     else:
         first_config["filters"] = rank
@@ -236,8 +301,8 @@ def _factor_pair(layer, rank):
     """The two built layers (`<name>_u`, `<name>_v`) holding the rank-`rank` factors."""
     if not _is_factorizable(layer):
         raise ValueError(
-            f"Only Dense and Conv1D/2D/3D layers can be factorized; layer '{layer.name}' is "
-            f"a {type(layer).__name__}. Received: layer={layer}"
+            "Only Dense, Conv1D/2D/3D and matrix-product EinsumDense layers can be factorized; "
+            f"layer '{layer.name}' is a {type(layer).__name__}. Received: layer={layer}"
         )
     if getattr(layer, "groups", 1) != 1:
         raise ValueError(
@@ -253,7 +318,7 @@ def _factor_pair(layer, rank):
     second.build(first.compute_output_shape(input_shape))
     first.kernel.assign(u.reshape(first.kernel.shape).astype(first.kernel.dtype))
     second.kernel.assign(v.reshape(second.kernel.shape).astype(second.kernel.dtype))
-    if layer.use_bias:
+    if getattr(layer, "bias", None) is not None:
         second.bias.assign(layer.bias)
     return first, second
 
@@ -317,22 +382,74 @@ class LowRankModel(surgery.SwappedModel):
         return {**super().get_config(), "ranks": self.ranks}
 
 
+@register
+class LowRankLayer(surgery.SwappedLayer):
+    """A layer of a Functional model whose Dense/Conv/EinsumDense sublayers were factorized.
+
+    Made by `low_rank` for the layers that hold their weights in sublayers: a
+    `MultiHeadAttention` (its query/key/value/output EinsumDense), keras.io's
+    `TokenAndPositionEmbedding` or a ViT `PatchEncoder`. Each factorized
+    sublayer becomes a two-layer `keras.Sequential` (see `factorize_layer`);
+    the layer's own `call` runs unchanged on it. Saves and reloads as `.keras`.
+
+    Args:
+        layer: the layer (used, not copied).
+        ranks: dict mapping attribute paths inside `layer` to ranks.
+        **kwargs: base `Layer` arguments.
+    """
+
+    def __init__(self, layer, ranks, **kwargs):
+        kwargs.pop("paths", None)  # the keys of ranks
+        self.ranks = dict(ranks)
+        super().__init__(layer, list(self.ranks), **kwargs)
+
+    def replacement(self, path, layer):
+        return factorize_layer(layer, self.ranks[path])
+
+    def get_config(self):
+        return {**super().get_config(), "ranks": self.ranks}
+
+
+def _low_rank_graph(model, plan):
+    """`model` rebuilt with each planned layer as its two factors, inline, and each
+    layer holding planned sublayers (attention, custom layers) as a `LowRankLayer`."""
+    labels = _labels(model)
+    plan = {i: plan[label] for i, label in labels.items() if label in plan}
+
+    def planned(layer):
+        return _is_factorizable(layer) and id(layer) in plan
+
+    def holds_planned(layer):
+        nested = not surgery.is_graph_model(layer) and not _is_factorizable(layer)
+        return nested and bool(surgery.layer_paths(layer, planned))
+
+    def make(copy, layer):
+        if planned(layer):
+            return _factor_pair(layer, plan[id(layer)])
+        paths = surgery.layer_paths(layer, planned)
+        return LowRankLayer(copy, {path: plan[id(sub)] for path, sub in paths.items()})
+
+    return surgery.replace_layers(model, lambda layer: planned(layer) or holds_planned(layer), make)
+
+
 def _low_rank_subclassed(model, plan):
     copy = surgery.copy_model(model)
     original_of = {
         id(c): o for o, c in zip(surgery.all_layers(model), surgery.all_layers(copy), strict=True)
     }
+    labels = _labels(model)
+    plan = {i: plan[label] for i, label in labels.items() if label in plan}
 
     def planned(layer):
         original = original_of.get(id(layer))
-        return _is_factorizable(layer) and original is not None and original.name in plan
+        return _is_factorizable(layer) and original is not None and id(original) in plan
 
     paths = surgery.layer_paths(copy, planned)
     held = {id(original_of[id(layer)]) for layer in paths.values()}
     surgery.raise_unreachable(model, [
-        layer for layer in _all_factorizable(model) if layer.name in plan and id(layer) not in held
+        layer for layer in _all_factorizable(model) if id(layer) in plan and id(layer) not in held
     ])
-    ranks = {path: plan[original_of[id(layer)].name] for path, layer in paths.items()}
+    ranks = {path: plan[id(original_of[id(layer)])] for path, layer in paths.items()}
     return LowRankModel(copy, ranks, name=f"low_rank_{model.name}")
 
 
@@ -384,12 +501,7 @@ def low_rank(model, rank=None, energy=0.9, *, layers=None, exclude=None):
     plan = {row["layer"]: row["rank"] for row in report if row["factorized"]}
     if not surgery.is_graph_model(model):
         return _low_rank_subclassed(model, plan)
-    # Each planned layer becomes its two factors, inline (pruning and QAT see plain layers).
-    return surgery.replace_layers(
-        model,
-        lambda layer: _is_factorizable(layer) and layer.name in plan,
-        lambda copy, layer: _factor_pair(layer, plan[layer.name]),
-    )
+    return _low_rank_graph(model, plan)
 
 
 @register

@@ -279,6 +279,8 @@ def _layer_values(layer):
 def _unwrap(wrapper):
     inner = surgery.copy_layer(wrapper.layer)
     values = wrapper.get_clustered_weights()
-    for (label, _, variable) in clustered_kernels(inner):
+    # In the same order; a copied custom layer's sublayers may have other (automatic) names.
+    labels = [label for label, _, _ in clustered_kernels(wrapper.layer)]
+    for label, (_, _, variable) in zip(labels, clustered_kernels(inner), strict=True):
         variable.assign(values[label])
     return inner

@@ -25,7 +25,7 @@ from keras import ops
 from tfcompress import layers_registry
 from tfcompress._serialization import register
 from tfcompress.clustering.kmeans import INITS, CentroidInitialization, init_centroids, kmeans_1d
-from tfcompress.surgery import walk_with_ancestors
+from tfcompress.surgery import all_layers, symbolic_build, walk_with_ancestors
 
 
 def clustered_kernels(layer):
@@ -169,8 +169,11 @@ class ClusterWeights(keras.layers.Wrapper):
     ):
         if not isinstance(layer, keras.layers.Layer):
             raise ValueError(f"`layer` must be a Keras layer. Received: layer={layer}")
-        if layer.built or layers_registry.lookup(layer) is None:
-            _check_layer_type(layer)  # an unbuilt container has no sublayer weights yet
+        # A layer without weights yet (unbuilt, or a container whose sublayers build when
+        # called) is checked when built; one nothing is known of, now.
+        unknown = layers_registry.lookup(layer) is None and not all_layers(layer)
+        if layer.weights or unknown:
+            _check_layer_type(layer)
         check_options(number_of_clusters, cluster_centroids_init)
         kwargs.setdefault("name", f"cluster_{layer.name}")
         super().__init__(layer, **kwargs)
@@ -186,6 +189,9 @@ class ClusterWeights(keras.layers.Wrapper):
         return [label for label, _, _ in clustered_kernels(self.layer)]
 
     def build(self, input_shape=None):
+        if not is_clusterable(self.layer) and input_shape is not None:
+            # A custom layer re-created from its config builds its sublayers when called.
+            symbolic_build(self.layer, input_shape)
         super().build(input_shape)
         _check_layer_type(self.layer)
         check_finite(self.layer, "layer", self.layer.name)

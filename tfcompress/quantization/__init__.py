@@ -11,6 +11,11 @@ print(tfc.quantization.sensitivity(model, x_test, y_test))  # per layer, on Lite
 """
 
 from tfcompress.quantization import litert, quantizers
+from tfcompress.quantization.attention import (
+    QuantizedAttention,
+    QuantizedEmbedding,
+    QuantizedLayerNorm,
+)
 from tfcompress.quantization.calibration import calibrate
 from tfcompress.quantization.config import QuantizeConfig
 from tfcompress.quantization.folding import fold_batch_norm
@@ -22,6 +27,7 @@ from tfcompress.quantization.precision import (
     sensitivity,
 )
 from tfcompress.quantization.qat import (
+    QuantizedComposite,
     QuantizedModel,
     fold_batch_norms,
     is_quantized,
@@ -35,6 +41,10 @@ __all__ = [
     "SensitivityReport",
     "QuantizeConfig",
     "QuantizeWrapper",
+    "QuantizedAttention",
+    "QuantizedComposite",
+    "QuantizedEmbedding",
+    "QuantizedLayerNorm",
     "QuantizedModel",
     "QuantizedRecurrent",
     "calibrate",

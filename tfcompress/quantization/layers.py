@@ -570,6 +570,60 @@ class QuantizeWrapper(keras.layers.Layer):
         return cls(**wrapper_arguments(config))
 
 
+class RangedLayer(keras.layers.Layer):
+    """The base of quantized layers that run a wrapped layer's ops themselves.
+
+    Attention, layer norm, embedding and recurrent layers are not a kernel
+    plus an output: their subclasses compute the ops the TFLite file runs,
+    each on the range of its role in `self.ranges` (made by `build_ranges`).
+    The wrapped layer keeps its float variables; training updates them.
+
+    Args:
+        layer: the wrapped layer (used, not copied).
+        quantize_config: a `QuantizeConfig` (its `ema_decay` sets how fast
+            the ranges move); `None` uses the defaults.
+        quantize_inputs: give the inputs a range unless they come straight
+            from another quantized layer (subclassed models, where the
+            producer is unknown).
+        **kwargs: base `Layer` arguments.
+    """
+
+    tfc_fake_quant = True
+
+    def __init__(self, layer, quantize_config=None, quantize_inputs=False, **kwargs):
+        kwargs.setdefault("name", f"quant_{layer.name}")
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.quantize_config = quantize_config or QuantizeConfig()
+        self.quantize_inputs = bool(quantize_inputs)
+
+    def build_ranges(self, roles):
+        """One `ActivationQuantizer` per role, in `self.ranges`."""
+        self.ranges = {}
+        for role in roles:
+            quantizer = ActivationQuantizer(
+                ema_decay=self.quantize_config.ema_decay, name=f"{self.name}_{role}"
+            )
+            quantizer.build()
+            self.ranges[role] = quantizer
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = {
+            "layer": keras.saving.serialize_keras_object(self.layer),
+            "quantize_config": keras.saving.serialize_keras_object(self.quantize_config),
+            "quantize_inputs": self.quantize_inputs,
+        }
+        return {**super().get_config(), **config}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**wrapper_arguments(config))
+
+
 def wrapper_arguments(config):
     """A wrapper's config with its wrapped layer and `QuantizeConfig` deserialized."""
     config = dict(config)

@@ -20,6 +20,11 @@ from keras import ops
 from tfcompress import _compat, layers_registry, surgery
 from tfcompress._serialization import register
 from tfcompress.quantization import clusters, folding, registry
+from tfcompress.quantization.attention import (
+    QuantizedAttention,
+    QuantizedEmbedding,
+    QuantizedLayerNorm,
+)
 from tfcompress.quantization.config import QuantizeConfig
 from tfcompress.quantization.layers import ActivationQuantizer, QuantizeWrapper
 from tfcompress.quantization.recurrent import QuantizedRecurrent
@@ -308,6 +313,13 @@ def _sole_consumer(layer, model_output_ids):
 # Layers without a kernel that QAT wraps to give their output an int8 range.
 _WRAPPED_ROLES = ("merge", "activation", "ranged", "affine")
 
+# Transformer layers, each computed by a quantized layer of its own.
+_TRANSFORMER = {
+    "attention": QuantizedAttention,
+    "layer_norm": QuantizedLayerNorm,
+    "embedding": QuantizedEmbedding,
+}
+
 
 class _GraphRewriter:
     """Rebuilds a Sequential/Functional model with quantized (or folded) layers."""
@@ -319,6 +331,7 @@ class _GraphRewriter:
         self.quantize = quantize
         self.resolved = resolved
         self.plan = {}
+        self.layer_configs, self.preserve = layer_configs, preserve
         self.float_names = []
         self.opted_out = []
         self.n_quantized = 0
@@ -353,6 +366,12 @@ class _GraphRewriter:
                 self.plan[id(layer)] = ("wrap", config or QuantizeConfig())
             elif role == "recurrent" and self.quantize and not opted_out and not _masked(layer):
                 self.plan[id(layer)] = ("recurrent", _recurrent_config(layer, config, preserve[0]))
+                self.n_quantized += 1
+            elif role in _TRANSFORMER and self.quantize and not opted_out and _plain_call(layer):
+                self.plan[id(layer)] = (role, config or QuantizeConfig())
+                self.n_quantized += role != "layer_norm"
+            elif role is None and self.quantize and not opted_out and _composite(layer):
+                self.plan[id(layer)] = ("composite",)
                 self.n_quantized += 1
             else:
                 self.plan[id(layer)] = ("copy",)
@@ -597,6 +616,23 @@ class _GraphRewriter:
             return out
         if action[0] == "weighted" and action[1] is None:
             return self._copy(layer, action[2], action[3])(*args, **kwargs)
+        if action[0] in _TRANSFORMER:
+            return self._transformer(layer, action, args, kwargs)
+        if action[0] == "composite":
+            if id(layer) not in self.copies:
+                configs = {}
+                for slot, role in _walk_subclassed(layer):
+                    config = self.layer_configs.get(slot.layer.name) or QuantizeConfig()
+                    if role in (None, "pass") or config.mode == "float":
+                        continue
+                    if role == "weighted":
+                        config = _resolved_config(slot.layer, self.layer_configs, self.preserve)
+                    elif role == "recurrent":
+                        config = _recurrent_config(slot.layer, config, self.preserve[0])
+                    configs[slot.path] = config
+                copy = _copy_layer(layer, call=(args, kwargs))
+                self.copies[id(layer)] = QuantizedComposite(copy, configs)
+            return self.copies[id(layer)](*args, **kwargs)
         inputs = self._quantized_inputs(args[0])
         if action[0] == "recurrent":
             if id(layer) not in self.copies:
@@ -625,6 +661,17 @@ class _GraphRewriter:
                 )
         out = self.copies[id(layer)](inputs)
         (self.quantized_ids if own_range else self.fused_ids).add(id(out))
+        return out
+
+    def _transformer(self, layer, action, args, kwargs):
+        if id(layer) not in self.copies:
+            self.copies[id(layer)] = _TRANSFORMER[action[0]](_copy_layer(layer), action[1])
+        if action[0] != "embedding":  # an embedding's input is integer ids
+            args, kwargs = keras.tree.map_structure(
+                lambda x: self._quantized_inputs(x) if _is_float_tensor(x) else x, (args, kwargs)
+            )
+        out = self.copies[id(layer)](*args, **kwargs)
+        self.quantized_ids.add(id(out))
         return out
 
     def _copy(self, layer, bn=None, activation=None, call=None):
@@ -756,6 +803,27 @@ def _masked(layer):
     )
 
 
+def _composite(layer):
+    """A custom layer holding sublayers that QAT quantizes (the keras.io
+    `TokenAndPositionEmbedding`): its sublayers are replaced, its `call` kept.
+    Keras' own layers (Bidirectional, TimeDistributed, ...) are not: what they do
+    with their sublayers is more than calling them."""
+    if not _compat.child_layers(layer) or surgery.is_graph_model(layer):
+        return False
+    if type(layer).__module__.startswith("keras."):
+        return False
+    return any(role not in (None, "pass") for _, role in _walk_subclassed(layer))
+
+
+def _plain_call(layer):
+    """Whether every call of a transformer layer passes no mask, attention mask or scores flag."""
+    for node in _compat.inbound_nodes(layer):
+        kwargs = _compat.node_arguments(node)[1]
+        if any(kwargs.get(k) for k in ("mask", *registry.ATTENTION_EXTRAS)):
+            return False
+    return True
+
+
 def _checked(wrapper):
     """Marks a wrapper whose clustered kernels `_resolved_config` checked (before folding)."""
     wrapper._clusters_checked = True
@@ -844,6 +912,8 @@ def _resolve_subclassed(model, layer_configs, preserve, fully_int8):
         elif role == "recurrent":
             n_weighted += 1
             config = _recurrent_config(layer, config, preserve[0])
+        elif role in ("attention", "embedding"):
+            n_weighted += 1
         resolved[path] = config
     if unbuilt:
         raise ValueError(
@@ -959,6 +1029,62 @@ class QuantizedModel(surgery.SwappedModel):
         return cls(**config)
 
 
+@register
+class QuantizedComposite(surgery.SwappedLayer):
+    """A custom layer of a Functional model whose sublayers QAT quantizes.
+
+    Made by `quantize_model` for layers such as keras.io's
+    `TokenAndPositionEmbedding` or a ViT `PatchEncoder`: their own `call`
+    runs unchanged on quantized `Embedding`/`Dense`/... sublayers; the ops of
+    that `call` between them (the ADD of token and position embeddings) run
+    in int8 when their inputs and the next layer's input range are.
+
+    Args:
+        layer: the custom layer (used, not copied).
+        layer_configs: dict mapping attribute paths inside `layer` to the
+            `QuantizeConfig` of the sublayer there.
+        **kwargs: base `Layer` arguments.
+    """
+
+    tfc_fake_quant = True
+
+    def __init__(self, layer, layer_configs, **kwargs):
+        kwargs.pop("paths", None)  # the keys of layer_configs
+        self.layer_configs = {
+            path: c if isinstance(c, QuantizeConfig) else keras.saving.deserialize_keras_object(c)
+            for path, c in layer_configs.items()
+        }
+        super().__init__(layer, list(self.layer_configs), **kwargs)
+
+    def replacement(self, path, layer):
+        role = "graph" if surgery.is_graph_model(layer) else registry.role(layer)
+        return _quantized(layer, role, self.layer_configs[path])
+
+    def get_config(self):
+        configs = {
+            path: keras.saving.serialize_keras_object(c) for path, c in self.layer_configs.items()
+        }
+        return {**super().get_config(), "layer_configs": configs}
+
+
+def _quantized(layer, role, config, cluster_shapes=None):
+    """The quantized layer that stands for a layer of `role`."""
+    if role == "graph":
+        # A sub-model inside a custom layer (a factorized Dense's two layers): decided
+        # without its weights (no sparsity masks), as loading a `.keras` file must redo it.
+        return quantize_model(layer, preserve_sparsity=False)
+    if role == "recurrent":
+        new = QuantizedRecurrent(layer, config, quantize_inputs=True)
+        new.build()
+    elif role in _TRANSFORMER:
+        new = _TRANSFORMER[role](layer, config, quantize_inputs=True)
+        new.build()
+    else:
+        new = QuantizeWrapper(layer, config, quantize_inputs=True, cluster_shapes=cluster_shapes)
+        new.build((layer.get_build_config() or {}).get("input_shape"))
+    return new
+
+
 def _replace(slot_role, config, cluster_shapes=None, sub_model_configs=None):
     slot, role = slot_role
     layer = slot.layer
@@ -968,11 +1094,7 @@ def _replace(slot_role, config, cluster_shapes=None, sub_model_configs=None):
         new = _GraphRewriter(graph, by_name, (True, False), True, resolved=True).run(False, False)
     elif role == "graph":
         new = quantize_model(layer) if config.mode == "int8" else layer
-    elif role == "recurrent":
-        new = QuantizedRecurrent(layer, config, quantize_inputs=True)
-        new.build()
     else:
-        new = QuantizeWrapper(layer, config, quantize_inputs=True, cluster_shapes=cluster_shapes)
-        new.build((layer.get_build_config() or {}).get("input_shape"))
+        new = _quantized(layer, role, config, cluster_shapes)
     surgery.set_slot(slot, new)
     return new

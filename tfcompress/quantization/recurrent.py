@@ -16,13 +16,7 @@ from keras import ops
 
 from tfcompress._serialization import register
 from tfcompress.quantization import quantizers, registry
-from tfcompress.quantization.config import QuantizeConfig
-from tfcompress.quantization.layers import (
-    ActivationQuantizer,
-    is_on_int8_grid,
-    mark_quantized,
-    wrapper_arguments,
-)
+from tfcompress.quantization.layers import RangedLayer, is_on_int8_grid, mark_quantized
 
 _SIGMOID = quantizers.FIXED_OUTPUT_RANGES["sigmoid"]
 _TANH = quantizers.FIXED_OUTPUT_RANGES["tanh"]
@@ -38,7 +32,7 @@ _RANGES = {
 
 
 @register
-class QuantizedRecurrent(keras.layers.Layer):
+class QuantizedRecurrent(RangedLayer):
     """Runs an LSTM, GRU or SimpleRNN (or a Bidirectional one) unrolled on int8 grids.
 
     The wrapped layer keeps its float variables (training updates them); its
@@ -71,8 +65,6 @@ class QuantizedRecurrent(keras.layers.Layer):
         (2, 4)
     """
 
-    tfc_fake_quant = True
-
     def __init__(self, layer, quantize_config=None, quantize_inputs=False, **kwargs):
         if not isinstance(layer, keras.layers.Layer) or not registry.quantizable_recurrent(layer):
             raise ValueError(
@@ -80,18 +72,12 @@ class QuantizedRecurrent(keras.layers.Layer):
                 "(alone or in a Bidirectional merging by concat or sum) with tanh/sigmoid "
                 f"activations that returns no state and is not stateful. Received: layer={layer}"
             )
-        kwargs.setdefault("name", f"quant_{layer.name}")
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.layer = layer
-        self.quantize_config = quantize_config or QuantizeConfig()
-        self.quantize_inputs = bool(quantize_inputs)
+        super().__init__(layer, quantize_config, quantize_inputs, **kwargs)
         rnns = registry.recurrent_directions(layer)
         prefixes = ("forward_", "backward_") if len(rnns) > 1 else ("",)
         self.directions = list(zip(rnns, prefixes))
 
     def build(self, input_shape=None):
-        decay = self.quantize_config.ema_decay
         roles = [
             prefix + role for rnn, prefix in self.directions for role in _RANGES[type(rnn).__name__]
         ]
@@ -104,13 +90,7 @@ class QuantizedRecurrent(keras.layers.Layer):
             roles.append("merged")
             if self.layer.merge_mode == "concat":
                 self.aliases = {"forward_output": "merged", "backward_output": "merged"}
-        self.ranges = {}
-        for role in roles:
-            if role in self.aliases:
-                continue
-            quantizer = ActivationQuantizer(ema_decay=decay, name=f"{self.name}_{role}")
-            quantizer.build()
-            self.ranges[role] = quantizer
+        self.build_ranges([role for role in roles if role not in self.aliases])
         # With preserve_sparsity, the kernels' zeros (pruned weights) stay zero.
         self.masks = {}
         if self.quantize_config.preserve_sparsity:
@@ -176,20 +156,6 @@ class QuantizedRecurrent(keras.layers.Layer):
             outputs.append(h)
         return ops.stack(outputs, axis=1) if rnn.return_sequences else outputs[-1]
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
-
-    def get_config(self):
-        config = {
-            "layer": keras.saving.serialize_keras_object(self.layer),
-            "quantize_config": keras.saving.serialize_keras_object(self.quantize_config),
-            "quantize_inputs": self.quantize_inputs,
-        }
-        return {**super().get_config(), **config}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**wrapper_arguments(config))
 
 
 def _projections(q, x, h, kernel, recurrent, input_bias, recurrent_bias, first):

@@ -66,7 +66,22 @@ def add_bias(layer, y, bias):
 
 
 def _dense_forward(layer, x, kernels, mid):
-    return add_bias(layer, ops.matmul(x, kernels[0]), layer.bias)
+    return add_bias(layer, flat_matmul(x, kernels[0]), layer.bias)
+
+
+def flat_matmul(x, kernel):
+    """``x @ kernel`` over the last axis of `x`, as one FULLY_CONNECTED.
+
+    On inputs of rank 3 and more, TensorFlow's matmul is a tensordot that
+    computes its reshape from the input's shape at run time; the converter
+    leaves the FULLY_CONNECTED after such a reshape in float. Flattened to
+    2-D with the known dimensions, it runs in int8 and the bias fuses into it.
+    """
+    inner = tuple(x.shape[1:-1])
+    if not inner or any(d is None for d in inner):
+        return ops.matmul(x, kernel)
+    y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), kernel)
+    return ops.reshape(y, (-1, *inner, kernel.shape[-1]))
 
 
 def _dense_as_conv_view(kernel):
@@ -432,12 +447,67 @@ def quantizable_recurrent(layer):
     return kind != "GRU" or cell.reset_after
 
 
+# Call arguments a quantized attention layer does not take (the layer stays float).
+ATTENTION_EXTRAS = (
+    "attention_mask", "use_causal_mask", "return_attention_scores",
+    "query_mask", "value_mask", "key_mask",
+)  # fmt: skip
+
+
+def quantizable_attention(layer):
+    """Whether `QuantizedAttention` computes `layer` exactly (else it stays float).
+
+    A built `keras.layers.MultiHeadAttention` (not a subclass) on sequences
+    (``(batch, steps, features)`` inputs, attention over the steps), whose
+    projections are Keras' own or their `tfc.factorization.low_rank` factors.
+    """
+    if type(layer) is not keras.layers.MultiHeadAttention or not layer.built:
+        return False
+    projections = (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
+    return all(attention_projection(p) is not None for p in projections)
+
+
+# The equations of attention's projections (query/key/value, output), whole and as
+# the two factors `tfc.factorization.low_rank` makes of them.
+_PROJECTIONS = (
+    ("abc,cde->abde",), ("abc,cz->abz", "abz,zde->abde"),
+    ("abcd,cde->abe",), ("abcd,cdz->abz", "abz,ze->abe"),
+)  # fmt: skip
+
+
+def attention_projection(dense):
+    """The EinsumDense layers, in order, of one projection of a MultiHeadAttention, or None."""
+    parts = list(dense.layers) if isinstance(dense, keras.Sequential) else [dense]
+    if not all(type(p) is keras.layers.EinsumDense for p in parts):
+        return None
+    if tuple(p.equation for p in parts) not in _PROJECTIONS:
+        return None
+    linear = all(getattr(p.activation, "__name__", None) == "linear" for p in parts)
+    return parts if linear and all(p.bias is None for p in parts[:-1]) else None
+
+
+def quantizable_layer_norm(layer, rank=None):
+    """Whether `QuantizedLayerNorm` computes `layer`: a LayerNormalization over the
+    last axis of its inputs (of `rank` dimensions, when an axis is given as positive)."""
+    if type(layer) is not keras.layers.LayerNormalization or layer.rms_scaling:
+        return False
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    return len(axes) == 1 and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1))
+
+
 def role(layer):
-    """One of "weighted", "merge", "activation", "ranged", "affine", "recurrent", "pass", None."""
+    """One of "weighted", "merge", "activation", "ranged", "affine", "recurrent",
+    "attention", "layer_norm", "embedding", "pass", None."""
     if weighted_kind(layer) is not None:
         return "weighted"
     if quantizable_recurrent(layer):
         return "recurrent"
+    if quantizable_attention(layer):
+        return "attention"
+    if quantizable_layer_norm(layer, _input_rank(layer)):
+        return "layer_norm"
+    if type(layer) is keras.layers.Embedding:
+        return "embedding"
     if isinstance(layer, MERGE_LAYERS):
         return "merge"
     if isinstance(layer, ACTIVATION_LAYERS):
@@ -448,6 +518,15 @@ def role(layer):
         return "pass"
     if isinstance(layer, AFFINE_LAYERS) and _plain_affine(layer):
         return "affine"
+    return None
+
+
+def _input_rank(layer):
+    """The rank of a layer's (first) input in a Functional graph, else None."""
+    for node in _compat.inbound_nodes(layer):
+        tensors = list(node.input_tensors)
+        if tensors:
+            return len(tensors[0].shape)
     return None
 
 

@@ -5,13 +5,13 @@
 - `copy`: fresh layers and models holding the same weights.
 - `rebuild`: a new Sequential/Functional model with layers replaced (Keras op
   nodes such as `x + 3.0` and nested models included).
-- `swapped`: the base of models that run a subclassed model whose layer
-  attributes were swapped, saved and reloaded as `.keras`.
+- `swapped`: the bases of models (and custom layers of Functional models)
+  whose layer attributes were swapped, saved and reloaded as `.keras`.
 """
 
-from tfcompress.surgery.copy import carry_weights, copy_layer
+from tfcompress.surgery.copy import carry_weights, copy_layer, symbolic_build
 from tfcompress.surgery.rebuild import copy_model, rebuild_graph, replace_layers
-from tfcompress.surgery.swapped import SwappedModel
+from tfcompress.surgery.swapped import SwappedLayer, SwappedModel
 from tfcompress.surgery.walk import (
     Selection,
     Slot,
@@ -31,6 +31,7 @@ from tfcompress.surgery.walk import (
 __all__ = [
     "Selection",
     "Slot",
+    "SwappedLayer",
     "SwappedModel",
     "all_layers",
     "as_functional",
@@ -47,5 +48,6 @@ __all__ = [
     "resolve",
     "set_slot",
     "slots",
+    "symbolic_build",
     "walk_with_ancestors",
 ]

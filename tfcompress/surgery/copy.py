@@ -7,13 +7,16 @@ weights after `build_from_config`, so such a copy is built by a symbolic call,
 with the arguments of the original's own call when they are known.
 """
 
+import contextlib
+import warnings
+
 import keras
 
 from tfcompress import _compat
 from tfcompress.surgery.walk import all_layers
 
 
-def _symbolic_build(layer, shape):
+def symbolic_build(layer, shape):
     """Builds `layer` by calling it on a symbolic input of `shape` (float, then int)."""
     errors = []
     for dtype in ("float32", "int32"):
@@ -23,6 +26,15 @@ def _symbolic_build(layer, shape):
         except Exception as error:  # noqa: BLE001 - any failure: try the next dtype
             errors.append(error)
     raise errors[-1]
+
+
+@contextlib.contextmanager
+def _quiet_build():
+    """Silences Keras' warning that a custom layer without a `build` method was marked
+    built with its sublayers unbuilt: `symbolic_build` then builds them by a call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have a `build\(\)` method")
+        yield
 
 
 def build_like(new, layer, call=None):
@@ -40,7 +52,8 @@ def build_like(new, layer, call=None):
             f"cannot be copied. Received: layer={layer}"
         )
     try:
-        new.build_from_config(build_config)
+        with _quiet_build():
+            new.build_from_config(build_config)
         built = len(new.weights) == len(layer.weights)
     except (TypeError, ValueError):  # e.g. a model whose inputs are token ids
         built = False
@@ -51,7 +64,7 @@ def build_like(new, layer, call=None):
                 f"Layer '{layer.name}' builds its sublayers when called, and its input "
                 f"shape is unknown. Received: layer={layer}"
             )
-        _symbolic_build(new, shape)
+        symbolic_build(new, shape)
 
 
 def copy_layer(layer, config=None, call=None):
@@ -70,7 +83,10 @@ def copy_layer(layer, config=None, call=None):
     Raises:
         ValueError: the copy cannot be built (no recorded input shape).
     """
-    new = layer.__class__.from_config(layer.get_config() if config is None else config)
+    # A wrapper's config holds its inner layers by class name: find them even when
+    # their classes are not registered (keras.io's custom layers seldom are).
+    with keras.saving.custom_object_scope(classes_inside(layer)), _quiet_build():
+        new = layer.__class__.from_config(layer.get_config() if config is None else config)
     if call is not None or (layer.built and layer.weights):
         # Layers without weights (ReLU, Reshape, ...) record no build shape; the
         # copy builds itself on its first call.
@@ -78,6 +94,11 @@ def copy_layer(layer, config=None, call=None):
         if layer.weights:
             new.set_weights(layer.get_weights())
     return new
+
+
+def classes_inside(layer):
+    """`{class name: class}` of `layer` and every layer inside it (for deserializing)."""
+    return {type(x).__name__: type(x) for x in [layer, *all_layers(layer)]}
 
 
 def carry_weights(source, target, values=None, stop=None):

@@ -13,7 +13,7 @@ by this rebuild, a subclassed one from its config.
 
 import keras
 
-from tfcompress.surgery.copy import build_like, carry_weights, copy_layer
+from tfcompress.surgery.copy import build_like, carry_weights, classes_inside, copy_layer
 from tfcompress.surgery.walk import (
     all_layers,
     as_functional,
@@ -142,9 +142,7 @@ def copy_model(model, values=None, stop=None):
         )
     try:
         config = keras.saving.serialize_keras_object(model)
-        new = keras.saving.deserialize_keras_object(
-            config, custom_objects={type(model).__name__: type(model)}
-        )
+        new = keras.saving.deserialize_keras_object(config, custom_objects=classes_inside(model))
         build_like(new, model)
     except (NotImplementedError, TypeError, ValueError) as error:
         raise ValueError(
