@@ -30,6 +30,8 @@ setup(
             "matplotlib",
             # keras.callbacks.TensorBoard and tfc.pruning.PruningSummaries write through it.
             "tensorboard",
+            # Its TransformerEncoder layer is one of the transformer blocks the tests compress.
+            "keras-hub",
         ],
         "plots": ["matplotlib"],
     },

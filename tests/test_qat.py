@@ -721,3 +721,40 @@ def test_swish_runs_as_int8_logistic_then_mul(digits_image):
     agree, lite = agreement(qat, x_test)
     assert agree == 1.0
     assert {"LOGISTIC", "MUL"} <= lite.ops()
+
+
+def _convnext_like():
+    """ConvNeXt's parts at toy size: a nested Sequential stem (patchify conv + LayerNorm),
+    a block (depthwise 7x7 conv, LayerNorm, GELU MLP, LayerScale, residual ADD), a nested
+    Sequential downsampling (LayerNorm + strided conv)."""
+    keras.utils.set_random_seed(0)
+    layer_scale = tfc._compat.convnext_layer_scale()
+    inputs = keras.Input((8, 8, 1))
+    stem = keras.Sequential([L.Conv2D(16, 2, strides=2), L.LayerNormalization()], name="stem")
+    x = stem(inputs)
+    y = L.DepthwiseConv2D(3, padding="same")(x)
+    y = L.Dense(32, activation="gelu")(L.LayerNormalization()(y))
+    x = L.Add()([x, layer_scale(0.5, 16, name="scale")(L.Dense(16)(y))])
+    down = keras.Sequential([L.LayerNormalization(), L.Conv2D(32, 2, strides=2)], name="down")
+    x = L.GlobalAveragePooling2D()(down(x))
+    return keras.Model(inputs, L.Dense(10)(x))
+
+
+def test_convnext_parts_quantize_fully_int8():
+    (x, y), (xt, _) = tfc.datasets.load_digits(shape="image")
+    model = _convnext_like()
+    compile_fit(model, x, y, epochs=10, batch_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the nested models and LayerScale are quantized
+        qat = quantize_model(model)
+    kinds = [type(layer).__name__ for layer in qat.layers]
+    assert "Sequential" not in kinds and kinds.count("QuantizedLayerNorm") == 3
+    compile_fit(qat, x, y, epochs=2, batch_size=32)
+    lite = tfc.export.LiteModel(tfc.export.to_tflite(qat, quantization="int8"))
+    assert lite.is_fully_int8(), lite.float_ops()
+    reference = qat.predict(xt, verbose=0).argmax(1)
+    assert np.mean(lite.predict(xt).argmax(1) == reference) >= 0.99
+    # Leaving a nested model out leaves its layers float.
+    partial = quantize_model(model, exclude=["stem"])
+    kinds = [type(layer).__name__ for layer in partial.layers]
+    assert kinds.count("Conv2D") == 1 and kinds.count("QuantizedLayerNorm") == 2

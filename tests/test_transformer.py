@@ -21,6 +21,7 @@ from tfcompress.quantization import (
     QuantizedLayerNorm,
     quantize_model,
 )
+from tfcompress.surgery import all_layers
 
 L = keras.layers
 _spec = importlib.util.spec_from_file_location(
@@ -303,8 +304,7 @@ def test_low_rank_reaches_attention_and_custom_layers_exactly(tmp_path):
 
 def test_quantized_attention_runs_low_rank_projections(trained_vit):
     model, (x, y), (xt, _) = trained_vit
-    small = compile_classifier(low_rank(model, rank=8), 1e-3)
-    small.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    small = low_rank(model, rank=8)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         qat = quantize_model(small)
@@ -347,3 +347,34 @@ def test_unregistered_custom_layers_cluster_strip_and_export():
     np.testing.assert_allclose(
         LiteModel(to_tflite(final)).predict(xt[:64]), final.predict(xt[:64], verbose=0), atol=1e-4
     )
+
+
+def test_keras_hub_transformer_encoder_through_qat_and_low_rank(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    model, (x, y), (xt, _) = trained_on_digit_rows(_hub_encoder(keras_hub), 6, 2e-3)
+    qat = quantize_model(model)  # its attention, norms and MLP swapped inside it
+    block = qat.get_layer("block")
+    assert isinstance(block, QuantizedComposite)
+    inner = {type(layer).__name__ for layer in all_layers(block)}
+    assert {"QuantizedAttention", "QuantizedLayerNorm", "QuantizeWrapper"} <= inner
+    compile_classifier(qat, 5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
+    lite, agreement = _int8_agreement(qat, xt)
+    assert lite.is_fully_int8(), lite.float_ops()
+    assert agreement >= 0.99
+    qat.save(tmp_path / "hub.keras")
+    reloaded = keras.saving.load_model(tmp_path / "hub.keras")
+    expected = qat.predict(xt, verbose=0)
+    np.testing.assert_allclose(reloaded.predict(xt, verbose=0), expected, atol=1e-5)
+    small = low_rank(model, rank=8)
+    assert isinstance(small.get_layer("block"), LowRankLayer)
+    assert small.count_params() < model.count_params()
+    lite = LiteModel(to_tflite(small))
+    np.testing.assert_allclose(lite.predict(xt[:32]), small.predict(xt[:32], verbose=0), atol=1e-4)
+
+
+def _hub_encoder(keras_hub):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8))
+    x = L.Dense(32)(inputs)
+    x = keras_hub.layers.TransformerEncoder(64, 4, name="block")(x)
+    return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling1D()(x)))

@@ -27,6 +27,13 @@ def functional_class():
     return Functional
 
 
+def convnext_layer_scale():
+    """The `LayerScale` class of keras.applications' ConvNeXt (``x * gamma``; not exported)."""
+    from keras.src.applications.convnext import LayerScale
+
+    return LayerScale
+
+
 def is_functional(model):
     """True for a Functional model (also the Functional base of a Sequential)."""
     return isinstance(model, functional_class())
@@ -357,6 +364,7 @@ def _require(description, check):
 
 REQUIRED = [
     _require("keras.src.models.functional.Functional", functional_class),
+    _require("keras.src.applications.convnext.LayerScale", convnext_layer_scale),
     _require("Layer._layers", lambda: keras.layers.Dense(1)._layers),
     _require("Layer._trainable_variables", lambda: keras.layers.Dense(1)._trainable_variables),
     _require(

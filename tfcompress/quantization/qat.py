@@ -187,7 +187,7 @@ def _with_selection(model, layer_configs, layers, exclude):
         return layer_configs
     select = surgery.Selection(model, layers, exclude)
     if surgery.is_graph_model(model):
-        candidates = surgery.as_functional(model).layers
+        candidates = _graph_layers(model)
     else:
         candidates = [slot.layer for slot, _ in _walk_subclassed(model)]
     configs = dict(layer_configs or {})
@@ -195,6 +195,21 @@ def _with_selection(model, layer_configs, layers, exclude):
         if not select(layer):
             configs.setdefault(layer.name, QuantizeConfig(mode="float"))
     return configs
+
+
+def _graph_layers(model):
+    """The layers QAT plans for a graph model: nested Sequential models' layers inline."""
+    layers = []
+    for layer in surgery.as_functional(model).layers:
+        layers += _nested(layer) if isinstance(layer, keras.Sequential) else [layer]
+    return layers
+
+
+def _nested(sequential):
+    layers = []
+    for layer in sequential.layers:
+        layers += _nested(layer) if isinstance(layer, keras.Sequential) else [layer]
+    return layers
 
 
 def _check_layer_configs(layer_configs):
@@ -327,7 +342,9 @@ class _GraphRewriter:
     def __init__(self, model, layer_configs, preserve, quantize, resolved=False):
         # `resolved`: `layer_configs` are final per-layer configs (a sub-model of a
         # QuantizedModel being rebuilt): nothing is decided from the weights.
-        self.model = surgery.as_functional(model)
+        # Nested Sequential models (ConvNeXt's stem) are inlined: their layers fold,
+        # fuse and take ranges with the layers around them.
+        self.model = surgery.inline_graphs(surgery.as_functional(model))
         self.quantize = quantize
         self.resolved = resolved
         self.plan = {}
@@ -1089,7 +1106,7 @@ def _replace(slot_role, config, cluster_shapes=None, sub_model_configs=None):
     slot, role = slot_role
     layer = slot.layer
     if role == "graph" and config.mode == "int8" and sub_model_configs is not None:
-        graph = surgery.as_functional(layer)
+        graph = surgery.inline_graphs(surgery.as_functional(layer))
         by_name = {graph.layers[int(i)].name: c for i, c in sub_model_configs.items()}
         new = _GraphRewriter(graph, by_name, (True, False), True, resolved=True).run(False, False)
     elif role == "graph":

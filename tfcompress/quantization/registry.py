@@ -280,11 +280,14 @@ PASS_THROUGH_LAYERS = (
 )
 
 # Layers computing `x * scale + offset` at inference (per channel or scalar):
-# TFLite runs them as int8 MUL and ADD with constant operands.
+# TFLite runs them as int8 MUL and ADD with constant operands. ConvNeXt's
+# `LayerScale` is `x * gamma`.
+LAYER_SCALE = _compat.convnext_layer_scale()
 AFFINE_LAYERS = (
     keras.layers.BatchNormalization,
     keras.layers.Rescaling,
     keras.layers.Normalization,
+    LAYER_SCALE,
 )
 
 # Global average pooling lowers to TFLite MEAN, which rescales: give it a range.
@@ -549,6 +552,8 @@ def affine_parts(layer, rank):
     if isinstance(layer, keras.layers.Rescaling):
         scale, offset = float(layer.scale), float(layer.offset)
         return (None if scale == 1.0 else scale), (None if offset == 0.0 else offset)
+    if isinstance(layer, LAYER_SCALE):
+        return ops.reshape(layer.gamma, [1] * (rank - 1) + [-1]), None
     if isinstance(layer, keras.layers.Normalization):
         std = ops.maximum(ops.sqrt(layer.variance), keras.config.epsilon())
         mean = ops.cast(layer.mean, "float32")

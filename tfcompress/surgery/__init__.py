@@ -4,13 +4,13 @@
   depth, the attribute slots of a subclassed model, layer selection.
 - `copy`: fresh layers and models holding the same weights.
 - `rebuild`: a new Sequential/Functional model with layers replaced (Keras op
-  nodes such as `x + 3.0` and nested models included).
+  nodes such as `x + 3.0` and nested models included), or nested models inlined.
 - `swapped`: the bases of models (and custom layers of Functional models)
   whose layer attributes were swapped, saved and reloaded as `.keras`.
 """
 
 from tfcompress.surgery.copy import carry_weights, copy_layer, symbolic_build
-from tfcompress.surgery.rebuild import copy_model, rebuild_graph, replace_layers
+from tfcompress.surgery.rebuild import copy_model, inline_graphs, rebuild_graph, replace_layers
 from tfcompress.surgery.swapped import SwappedLayer, SwappedModel
 from tfcompress.surgery.walk import (
     Selection,
@@ -39,6 +39,7 @@ __all__ = [
     "copy_layer",
     "copy_model",
     "graph_layers",
+    "inline_graphs",
     "is_graph_model",
     "layer_paths",
     "own_variables",

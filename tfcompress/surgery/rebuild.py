@@ -118,6 +118,42 @@ def replace_layers(model, wants, make):
     return new
 
 
+def inline_graphs(model):
+    """A Functional model computing `model` with nested Sequential models called inline.
+
+    The layers of each nested Sequential model (ConvNeXt's stem and
+    downsampling blocks) become layers of one graph, as private copies holding
+    their weights, so a technique that plans across layers (QAT's folding and
+    ranges) sees every producer and consumer. A model without nested
+    Sequential models, or whose nested layers' names clash with the outer
+    ones, comes back unchanged.
+    """
+    if not any(isinstance(layer, keras.Sequential) for layer in model.layers):
+        return model
+    copies = {}
+
+    def call(operation, args, kwargs):
+        if not isinstance(operation, keras.layers.Layer):
+            return operation(*args, **kwargs)
+        if isinstance(operation, keras.Sequential) and len(args) == 1:
+            x = args[0]
+            for layer in operation.layers:
+                x = call(layer, (x,), {})
+            return x
+        if is_graph_model(operation):
+            return copy_model(operation)(*args, **kwargs)  # a nested Functional stays whole
+        if id(operation) not in copies:
+            copies[id(operation)] = copy_layer(operation, call=(args, kwargs))
+        return copies[id(operation)](*args, **kwargs)
+
+    try:
+        return rebuild_graph(model, call)
+    except ValueError as error:
+        if "unique" not in str(error):
+            raise
+        return model  # names clash: the nested models stay whole
+
+
 def copy_model(model, values=None, stop=None):
     """A new model computing the same function with its own weights.
 

@@ -116,13 +116,14 @@ class Slot:
 def slots(owner, prefix=""):
     """The `Slot`s of the layers `owner` holds directly in attributes, lists and dicts."""
     for attr, value in sorted(vars(owner).items()):
-        # `_self_*` are TensorFlow's trackable bookkeeping (aliases of the
-        # attributes); `_layers`/`_tracker` are Keras' own lists.
-        if attr in ("_layers", "_tracker") or attr.startswith(("__", "_self_")):
+        # `_layers`/`_tracker` are Keras' own lists; TensorFlow's trackable bookkeeping
+        # keeps containers of aliases under `_self_*` names (a layer held in such an
+        # attribute, keras_hub's `_self_attention_layer`, is the user's own).
+        if attr in ("_layers", "_tracker") or attr.startswith("__"):
             continue
         if isinstance(value, keras.layers.Layer):
             yield Slot(f"{prefix}{attr}", owner, owner, attr, value)
-        elif isinstance(value, (list, tuple, dict)):
+        elif isinstance(value, (list, tuple, dict)) and not attr.startswith("_self_"):
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in list(items):
                 if isinstance(item, keras.layers.Layer):
