@@ -741,19 +741,20 @@ def _convnext_like():
 
 
 def test_convnext_parts_quantize_fully_int8():
-    (x, y), (xt, _) = tfc.datasets.load_digits(shape="image")
+    (x, _), _ = tfc.datasets.load_digits(shape="image")
     model = _convnext_like()
-    compile_fit(model, x, y, epochs=10, batch_size=32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the nested models and LayerScale are quantized
         qat = quantize_model(model)
     kinds = [type(layer).__name__ for layer in qat.layers]
     assert "Sequential" not in kinds and kinds.count("QuantizedLayerNorm") == 3
-    compile_fit(qat, x, y, epochs=2, batch_size=32)
+    for batch in np.array_split(x[:256], 4):
+        qat(batch, training=True)  # ranges
     lite = tfc.export.LiteModel(tfc.export.to_tflite(qat, quantization="int8"))
     assert lite.is_fully_int8(), lite.float_ops()
-    reference = qat.predict(xt, verbose=0).argmax(1)
-    assert np.mean(lite.predict(xt).argmax(1) == reference) >= 0.99
+    reference = qat.predict(x[:256], verbose=0)
+    step = (reference.max() - reference.min()) / 255
+    assert np.percentile(np.abs(lite.predict(x[:256]) - reference), 99) <= 4 * step
     # Leaving a nested model out leaves its layers float.
     partial = quantize_model(model, exclude=["stem"])
     kinds = [type(layer).__name__ for layer in partial.layers]

@@ -116,6 +116,17 @@ def _int8_agreement(qat, x):
     return lite, float(np.mean(lite.predict(x).argmax(1) == reference.argmax(1)))
 
 
+def _ranged_file_error(qat, x):
+    """Ranges from four training-mode calls (no weight update), then the int8 file and its
+    99th-percentile distance from the QAT model, in steps of the output's range / 255."""
+    for batch in np.array_split(x[:256], 4):
+        qat(batch, training=True)
+    lite = LiteModel(to_tflite(qat, quantization="int8"))
+    reference = qat.predict(x, verbose=0)
+    step = (reference.max() - reference.min()) / 255
+    return lite, float(np.percentile(np.abs(lite.predict(x) - reference), 99) / step)
+
+
 def test_qat_encoder_is_fully_int8_within_a_point_of_float(trained_encoder):
     model, (x, y), (xt, yt) = trained_encoder
     float_accuracy = np.mean(model.predict(xt, verbose=0).argmax(1) == yt)
@@ -248,18 +259,17 @@ class SubclassedEncoder(keras.Model):
 
 
 def test_subclassed_transformer_quantizes_attention_and_norm():
-    (x, y), (xt, _) = datasets.load_digits(shape="sequence")
+    (x, _), _ = datasets.load_digits(shape="sequence")
     keras.utils.set_random_seed(0)
     model = SubclassedEncoder()
-    compile_classifier(model, 2e-3).fit(x, y, epochs=4, batch_size=32, verbose=0)
+    model(x[:2])
     qat = quantize_model(model)
     assert isinstance(qat.model.attention, QuantizedAttention)
     assert isinstance(qat.model.norm, QuantizedLayerNorm)
-    compile_classifier(qat, 5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
-    lite, agreement = _int8_agreement(qat, xt)
+    lite, error = _ranged_file_error(qat, x[:256])
     assert {"BATCH_MATMUL", "SOFTMAX", "RSQRT"} <= set(lite.ops())
     assert not {"BATCH_MATMUL", "SOFTMAX", "RSQRT"} & lite.float_ops()
-    assert agreement >= 0.99
+    assert error <= 8
 
 
 def _low_rank_weights(layer, rank, rng):
@@ -311,10 +321,9 @@ def test_quantized_attention_runs_low_rank_projections(trained_vit):
     attention = qat.get_layer("mha").layer.layer
     assert isinstance(attention, QuantizedAttention)
     assert "query_factor" in attention.ranges
-    compile_classifier(qat, 5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
-    lite, agreement = _int8_agreement(qat, xt)
+    lite, error = _ranged_file_error(qat, xt)
     assert lite.is_fully_int8(), lite.float_ops()
-    assert agreement >= 0.99
+    assert error <= 8
 
 
 def test_einsum_dense_factorizes_inline():
@@ -351,16 +360,16 @@ def test_unregistered_custom_layers_cluster_strip_and_export():
 
 def test_keras_hub_transformer_encoder_through_qat_and_low_rank(tmp_path):
     keras_hub = pytest.importorskip("keras_hub")
-    model, (x, y), (xt, _) = trained_on_digit_rows(_hub_encoder(keras_hub), 6, 2e-3)
+    (x, _), (xt, _) = datasets.load_digits(shape="sequence")
+    model = _hub_encoder(keras_hub)
     qat = quantize_model(model)  # its attention, norms and MLP swapped inside it
     block = qat.get_layer("block")
     assert isinstance(block, QuantizedComposite)
     inner = {type(layer).__name__ for layer in all_layers(block)}
     assert {"QuantizedAttention", "QuantizedLayerNorm", "QuantizeWrapper"} <= inner
-    compile_classifier(qat, 5e-4).fit(x, y, epochs=1, batch_size=32, verbose=0)
-    lite, agreement = _int8_agreement(qat, xt)
+    lite, error = _ranged_file_error(qat, x)
     assert lite.is_fully_int8(), lite.float_ops()
-    assert agreement >= 0.99
+    assert error <= 8
     qat.save(tmp_path / "hub.keras")
     reloaded = keras.saving.load_model(tmp_path / "hub.keras")
     expected = qat.predict(xt, verbose=0)
@@ -377,4 +386,11 @@ def _hub_encoder(keras_hub):
     inputs = keras.Input((8, 8))
     x = L.Dense(32)(inputs)
     x = keras_hub.layers.TransformerEncoder(64, 4, name="block")(x)
-    return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling1D()(x)))
+    model = keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling1D()(x)))
+    # Trained norms have non-zero betas. With beta exactly zero the converter folds the
+    # `+ beta` away and then fails on the two nearly equal ranges left back to back.
+    rng = np.random.default_rng(0)
+    for layer in all_layers(model):
+        if isinstance(layer, L.LayerNormalization):
+            layer.beta.assign(rng.normal(0, 0.1, layer.beta.shape))
+    return model
