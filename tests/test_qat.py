@@ -672,7 +672,8 @@ def test_standalone_affine_layers_run_as_int8_mul_and_add(digits_image):
     # Not 0.99: an ADD of a constant shifts a whole grid by one fixed fraction of a
     # step; here that fraction is a half, and TFLite's ADD rounds the ties away from
     # zero where FakeQuant rounds them up (one step on part of the normalized input).
-    assert agree >= 0.98
+    # Measured 99.4% with oneDNN's kernels (Intel), 97.5% without (AMD, ARM).
+    assert agree >= 0.97
 
 
 def test_concatenate_inputs_take_its_range_as_tflite_does(digits_image):

@@ -139,10 +139,12 @@ def _conv1d_forward(layer, x, kernels, mid):
 def _depthwise1d_as_2d(layer, x, kernel):
     """The depthwise part of a 1-D (separable) depthwise conv, as a 2-D conv."""
     x, axis, padding = _as_2d(layer, x)
+    # Equal strides: TensorFlow's depthwise kernel without oneDNN (AMD and ARM
+    # CPUs) refuses (1, s); the height is 1, so stepping it by s changes nothing.
     y = ops.depthwise_conv(
         x,
         kernel,
-        strides=(1, layer.strides[0]),
+        strides=(layer.strides[0],) * 2,
         padding=padding,
         data_format=layer.data_format,
         dilation_rate=(1, layer.dilation_rate[0]),
