@@ -18,6 +18,7 @@ from tfcompress._tempfiles import write_atomic
 from tfcompress.conversion import input_spec
 from tfcompress.litemodel import LiteModel
 from tfcompress.quantization import calibration as _calibration
+from tfcompress.quantization import int4 as _int4
 from tfcompress.quantization import litert as _litert
 from tfcompress.quantization import precision as _precision
 
@@ -74,8 +75,9 @@ def _validate(model, path, quantization, representative_data, int8_io):
     qat = is_quantization_aware(model)
     if quantization in _FILE_LEVEL and qat:
         raise ValueError(
-            f"`quantization={quantization!r}` quantizes a float file; a quantization-aware "
-            "model exports as int8 (quantization='int8'). Received: a quantization-aware model"
+            f"`quantization={quantization!r}` quantizes a float file; an int8 quantization-aware "
+            "model exports as int8 (quantization='int8'), one trained for int4 comes from "
+            "quantize_model(model, weight_bits=4). Received: a quantization-aware model"
         )
     if quantization == "int16x8" and representative_data is None:
         raise ValueError(
@@ -268,6 +270,11 @@ def to_tflite(
                 f"Received: quantization={quantization!r}, recipe={recipe!r}"
             )
         float_blob = conversion.convert(model, spec)
+        if quantization == "int4" and _int4.is_int4_quantized(model):
+            # Layers int4 QAT left out trained in float: the file keeps them so.
+            names = [layer.name for layer in _int4.float_layers(model)]
+            if names:
+                steps = _precision.keep_float(model, LiteModel(float_blob), steps, names)
         blob = _litert.quantize_file(float_blob, steps, representative_data)
         if path is not None:
             write_atomic(path, blob)

@@ -25,7 +25,12 @@ from keras import ops
 from tfcompress import layers_registry
 from tfcompress._serialization import register
 from tfcompress.clustering.kmeans import INITS, CentroidInitialization, init_centroids, kmeans_1d
-from tfcompress.surgery import all_layers, symbolic_build, walk_with_ancestors
+from tfcompress.surgery import (
+    all_layers,
+    call_with_values,
+    symbolic_build,
+    walk_with_ancestors,
+)
 
 
 def clustered_kernels(layer):
@@ -290,10 +295,7 @@ class ClusterWeights(keras.layers.Wrapper):
 
     def call(self, inputs, *args, training=None, **kwargs):
         mapping = [(weight, self._clustered(i)) for i, (_, _, weight) in enumerate(self._kernels)]
-        with keras.StatelessScope(state_mapping=mapping, initialize_variables=False):
-            if training is not None:
-                kwargs["training"] = training
-            return self.layer(inputs, *args, **kwargs)
+        return call_with_values(self.layer, mapping, inputs, *args, training=training, **kwargs)
 
     def compute_output_spec(self, *args, **kwargs):
         return self.layer.compute_output_spec(*args, **kwargs)

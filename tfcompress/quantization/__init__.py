@@ -10,7 +10,7 @@ print(tfc.quantization.sensitivity(model, x_test, y_test))  # per layer, on Lite
 ```
 """
 
-from tfcompress.quantization import litert, quantizers
+from tfcompress.quantization import int4, litert, quantizers
 from tfcompress.quantization.attention import (
     QuantizedAttention,
     QuantizedEmbedding,
@@ -50,6 +50,7 @@ __all__ = [
     "calibrate",
     "fold_batch_norm",
     "fold_batch_norms",
+    "int4",
     "is_quantized",
     "litert",
     "mixed_precision",

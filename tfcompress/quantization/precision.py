@@ -74,6 +74,26 @@ def layer_ops(model, lite):
     return [(name, ops[found[name]]["output"]) for name, _ in layers if name in found]
 
 
+def keep_float(model, lite, base, names):
+    """`base` (an AEQ recipe) with the ops of the layers `names` left float.
+
+    Args:
+        model: the Keras model the float file `lite` (a `LiteModel`) came from.
+        names: names of layers of `model` with a kernel.
+
+    Raises:
+        ValueError: naming the layers whose op is not found in the file.
+    """
+    found = dict(layer_ops(model, lite))
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ValueError(
+            f"These layers were not found in the TFLite file, so they cannot be kept float: "
+            f"{missing}. Received: {list(names)}"
+        )
+    return list(base) + [_entry(base, _exact(found[name]), "no_quantize") for name in names]
+
+
 def _entry(base, regex, algorithm=None):
     entry = copy.deepcopy(base[0])
     entry["regex"] = regex

@@ -19,7 +19,7 @@ from keras import ops
 
 from tfcompress import _compat, layers_registry, surgery
 from tfcompress._serialization import register
-from tfcompress.quantization import clusters, folding, registry
+from tfcompress.quantization import clusters, folding, int4, registry
 from tfcompress.quantization.attention import (
     QuantizedAttention,
     QuantizedEmbedding,
@@ -39,6 +39,7 @@ def quantize_model(
     preserve_clusters=False,
     layers=None,
     exclude=None,
+    weight_bits=8,
 ):
     """Returns a copy of `model` that trains with int8 fake quantization.
 
@@ -70,10 +71,18 @@ def quantize_model(
         layers: optional names, classes or predicates of the layers to
             quantize; the others stay float (as with `QuantizeConfig(mode="float")`).
         exclude: names, classes or predicates of layers to leave float.
+        weight_bits: 8 (the above), or 4: train for the int4 file of
+            `to_tflite(qat, quantization="int4")` instead. Every Dense, Conv1D and
+            Conv2D kernel (also inside custom layers) runs rounded to its int4
+            grid, one scale per output channel, exactly as the file will store
+            it (`tfc.quantization.int4`); activations stay float, as in that
+            file. Goes with `layers`, `exclude` and the defaults of the other
+            arguments (zeros stay zero on the int4 grid by themselves).
 
     Returns:
         A Keras model: Functional for Sequential/Functional inputs, a
-        `QuantizedModel` for subclassed ones.
+        `QuantizedModel` for subclassed ones (`tfc.quantization.int4.Int4Model`
+        with `weight_bits=4`).
 
     Raises:
         ValueError: if `model` is not a built Keras model (or has unbuilt
@@ -97,6 +106,18 @@ def quantize_model(
         Integer-Arithmetic-Only Inference", CVPR 2018.
     """
     _check_model(model)
+    if weight_bits not in (4, 8) or isinstance(weight_bits, bool):
+        raise ValueError(f"`weight_bits` must be 8 or 4. Received: weight_bits={weight_bits!r}")
+    if weight_bits == 4:
+        others = dict(layer_configs=layer_configs, fully_int8=fully_int8,
+                      preserve_clusters=preserve_clusters)  # fmt: skip
+        for name, value in others.items():
+            if value not in (None, False):
+                raise ValueError(
+                    f"`{name}` goes with int8 QAT (weight_bits=8). "
+                    f"Received: {name}={value!r}, weight_bits=4"
+                )
+        return int4.quantize_weights(model, surgery.Selection(model, layers, exclude))
     _check_layer_configs(layer_configs)
     layer_configs = _with_selection(model, layer_configs, layers, exclude)
     flags = dict(
@@ -152,7 +173,7 @@ def fold_batch_norms(model):
 
 def is_quantized(model):
     """Whether `model` contains fake-quantized layers made by `quantize_model`."""
-    if isinstance(model, QuantizedModel):
+    if isinstance(model, QuantizedModel) or int4.is_int4_quantized(model):
         return True
     return any(
         isinstance(layer, (QuantizeWrapper, ActivationQuantizer))

@@ -11,7 +11,7 @@
 
 from tfcompress.surgery.copy import carry_weights, copy_layer, symbolic_build
 from tfcompress.surgery.rebuild import copy_model, inline_graphs, rebuild_graph, replace_layers
-from tfcompress.surgery.swapped import SwappedLayer, SwappedModel
+from tfcompress.surgery.swapped import SwappedLayer, SwappedModel, call_with_values
 from tfcompress.surgery.walk import (
     Selection,
     Slot,
@@ -35,6 +35,7 @@ __all__ = [
     "SwappedModel",
     "all_layers",
     "as_functional",
+    "call_with_values",
     "carry_weights",
     "copy_layer",
     "copy_model",

@@ -7,6 +7,15 @@ from tfcompress.surgery.copy import symbolic_build
 from tfcompress.surgery.walk import resolve, set_slot
 
 
+def call_with_values(layer, mapping, inputs, *args, training=None, **kwargs):
+    """Calls `layer` with each variable of `mapping` (`[(variable, tensor)]`) read as
+    its tensor: how a wrapper runs a layer's own `call` on substituted kernels."""
+    with keras.StatelessScope(state_mapping=mapping, initialize_variables=False):
+        if training is not None:
+            kwargs["training"] = training
+        return layer(inputs, *args, **kwargs)
+
+
 class SwappedModel(keras.Model):
     """Runs a subclassed model whose layers at some attribute paths were replaced.
 
