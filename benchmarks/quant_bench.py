@@ -6,9 +6,10 @@ On the digits MLP 64-256-128-10 (and, with `--zoo NAME`, on a model of
 `benchmarks/zoo_bench.py` trained on the upscaled digits) it prints one row
 per file: bytes, test accuracy, argmax agreement with the float Keras model,
 whether every compute op is int8, and seconds to make it. Ours: the
-converter's int8, `calibration="mse"`, `"int4"`, `"int16x8"`, and
-`max_accuracy_drop` (int8 and int4, 0.5 points; with the layers kept float
-and the files evaluated). Anchors in the same run: the AI Edge Quantizer's
+converter's int8, `calibration="mse"`, int8 `per_tensor` (one scale per kernel,
+convolutions too), `"int4"`, `"int16x8"`, and `max_accuracy_drop` (int8, int8
+per tensor and int4, 0.5 points; with the layers kept float and the files
+evaluated). Anchors in the same run: the AI Edge Quantizer's
 own recipes applied directly to the same float file (`static_wi8_ai8`,
 `dynamic_wi4_afp32`, `weight_only_wi4_afp32`, `static_wi8_ai16`).
 
@@ -92,20 +93,23 @@ def rows_for(model, train, test):
                                                       representative_data=cal)),
         row("ours int8 mse", lambda: to_tflite(model, quantization="int8",
                                               representative_data=cal, calibration="mse")),
+        row("ours int8 per_tensor", lambda: to_tflite(model, quantization="int8",
+                                                     representative_data=cal, per_tensor=True)),
         row("ours int4", lambda: to_tflite(model, quantization="int4")),
         row("ours int16x8", lambda: to_tflite(model, quantization="int16x8",
                                              representative_data=cal)),
     ]
-    for mode in ("int8", "int4"):
+    for mode, per_tensor in (("int8", False), ("int8", True), ("int4", False)):
         result = {}
 
-        def bounded(mode=mode, result=result):
+        def bounded(mode=mode, per_tensor=per_tensor, result=result):
             res = tfc.quantization.mixed_precision(model, test, 0.5, quantization=mode,
-                                                   float_file=float_blob)
+                                                   float_file=float_blob, per_tensor=per_tensor)
             result["res"] = res
             return res.tflite
 
-        r = row(f"ours {mode} max_accuracy_drop=0.5", bounded)
+        name = f"ours {mode}{' per_tensor' if per_tensor else ''} max_accuracy_drop=0.5"
+        r = row(name, bounded)
         res = result["res"]
         r["notes"] = f"float: {res.kept_float or 'none'}; {res.evaluations} files evaluated"
         rows.append(r)
@@ -159,12 +163,12 @@ def int4_rows(model, train, test, seeds=(0, 1, 2)):
 
 
 def table(title, rows):
-    lines = [f"{title}", f"{'file':38} {'bytes':>10} {'x int8':>7} {'acc':>7} {'agree':>7} "
+    lines = [f"{title}", f"{'file':44} {'bytes':>10} {'x int8':>7} {'acc':>7} {'agree':>7} "
              f"{'int8':>5} {'s':>6}  notes"]
     int8 = next(r["bytes"] for r in rows if r["file"].startswith("ours int8 (converter)"))
     for r in rows:
         lines.append(
-            f"{r['file']:38} {r['bytes']:>10,} {r['bytes'] / int8:7.2f} {100 * r['acc']:7.2f} "
+            f"{r['file']:44} {r['bytes']:>10,} {r['bytes'] / int8:7.2f} {100 * r['acc']:7.2f} "
             f"{100 * r['agree']:6.2f}% {str(r['int8']):>5} {r['s']:6.1f}  {r['notes']}"
         )
     return "\n".join(lines)

@@ -217,3 +217,75 @@ def test_layers_are_found_in_the_file_also_with_batchnorm_folded_in():
     assert [kinds[out] for _, out in pairs] == [
         "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED"
     ]
+
+
+def _skewed_depthwise_cnn(digits_image):
+    """A depthwise CNN with a dead channel (its ReLU input is never positive) whose
+    depthwise weights are huge, as MobileNets grow them: harmless per channel, but one
+    scale per tensor rounds every other channel's weights to a few levels."""
+    (x, y), _ = digits_image
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem"),
+        keras.layers.DepthwiseConv2D(3, padding="same", name="dw"),
+        keras.layers.Conv2D(16, 1, activation="relu", name="pw"),
+        keras.layers.Flatten(), keras.layers.Dense(10, name="out"),
+    ])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=8, verbose=0)
+    stem, dw = model.get_layer("stem"), model.get_layer("dw")
+    kernel, bias = stem.kernel.numpy(), stem.bias.numpy()
+    kernel[..., 0], bias[0] = 0.0, -1.0
+    stem.kernel.assign(kernel)
+    stem.bias.assign(bias)
+    depthwise = dw.kernel.numpy()
+    depthwise[:, :, 0, 0] = 300 * np.abs(depthwise).max()
+    dw.kernel.assign(depthwise)
+    return model
+
+
+def test_per_tensor_int8_and_its_accuracy_bound(digits_image):
+    (x, _), (xt, yt) = digits_image
+    model = _skewed_depthwise_cnn(digits_image)
+    float_acc = np.mean(model.predict(xt, verbose=0).argmax(-1) == yt)
+    per_channel = tfc.export.LiteModel(tfc.export.to_tflite(
+        model, quantization="int8", representative_data=x[:300]))
+    per_tensor = tfc.export.LiteModel(tfc.export.to_tflite(
+        model, quantization="int8", representative_data=x[:300], per_tensor=True))
+    assert per_tensor.is_fully_int8()
+
+    def scales(lite):  # of the int8 kernels, as the file stores them
+        bits = lite.weight_bits()
+        return sorted(len(t.quantization.scale) for t in lite._flat.subgraphs[0].tensors
+                      if bits.get(t.name.decode()) == 8 and t.quantization.scale is not None)
+
+    assert scales(per_tensor) == [1, 1, 1, 1] and scales(per_channel) == [1, 8, 8, 16]
+    assert per_channel.evaluate(xt, yt) >= float_acc - 0.01
+    assert per_tensor.evaluate(xt, yt) < float_acc - 0.5  # measured: 92.8% -> 10.0%
+    with pytest.warns(UserWarning, match=r"stay float: \['dw'\]"):
+        blob = tfc.export.to_tflite(model, quantization="int8", per_tensor=True,
+                                    max_accuracy_drop=0.5, eval_data=(xt, yt))
+    bounded = tfc.export.LiteModel(blob)
+    assert bounded.evaluate(xt, yt) >= float_acc - 0.005
+    assert "DEPTHWISE_CONV_2D" in bounded.float_ops()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(quantization="dynamic"), "quantization='dynamic'"),
+        (dict(quantization="int8", calibration="mse"), "calibration='mse'"),
+        (dict(quantization="int8", per_channel_dense=True), "per_channel_dense=True"),
+        (dict(quantization="int8", per_tensor="yes"), "per_tensor='yes'"),
+    ],
+)
+def test_bad_per_tensor_arguments_write_nothing(small, tmp_path, kwargs, match):
+    kwargs.setdefault("per_tensor", True)
+    with pytest.raises(ValueError, match=match):
+        tfc.export.to_tflite(small, tmp_path / "m.tflite", representative_data=np.zeros((4, 64)),
+                             **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    qat = tfc.quantization.quantize_model(small)
+    with pytest.raises(ValueError, match="weight_granularity='per_tensor'"):
+        tfc.export.to_tflite(qat, quantization="int8", per_tensor=True)

@@ -144,6 +144,7 @@ def _check_call_entry_layer():
 # ---------------------------------------------------------------------------
 
 _PER_CHANNEL_DENSE_FLAG = "_experimental_disable_per_channel_quantization_for_dense_layers"
+_PER_CHANNEL_FLAG = "_experimental_disable_per_channel"
 
 
 def dtype_policy(layer):
@@ -159,6 +160,12 @@ def set_dtype_policy(layer, policy):
     a swap must do neither.
     """
     layer._dtype_policy = policy
+
+
+def set_per_tensor_quantization(converter):
+    """Makes a `tf.lite.TFLiteConverter` quantize every kernel with one scale (convolutions
+    too); only a private converter flag offers it."""
+    setattr(converter, _PER_CHANNEL_FLAG, True)
 
 
 def set_per_channel_dense_quantization(converter, enabled):
@@ -382,6 +389,10 @@ REQUIRED = [
     _require(
         f"tf.lite.TFLiteConverter.{_PER_CHANNEL_DENSE_FLAG}",
         lambda: getattr(tf.lite.TFLiteConverter([], None), _PER_CHANNEL_DENSE_FLAG),
+    ),
+    _require(
+        f"tf.lite.TFLiteConverter.{_PER_CHANNEL_FLAG}",
+        lambda: getattr(tf.lite.TFLiteConverter([], None), _PER_CHANNEL_FLAG),
     ),
     _require(
         "tf.distribute.MirroredStrategy._collective_key_base",

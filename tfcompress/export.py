@@ -50,7 +50,7 @@ def _check_parent(path):
         )
 
 
-def _validate(model, path, quantization, representative_data, int8_io):
+def _validate(model, path, quantization, representative_data, int8_io, bounded=False):
     if quantization not in QUANTIZATIONS:
         raise ValueError(
             f"`quantization` must be one of {QUANTIZATIONS}. "
@@ -84,7 +84,8 @@ def _validate(model, path, quantization, representative_data, int8_io):
             "`quantization='int16x8'` calibrates int16 activation ranges: pass "
             "`representative_data` (a few hundred inputs). Received: representative_data=None"
         )
-    if quantization == "int8" and representative_data is None and not qat:
+    # A `max_accuracy_drop` file (bounded) calibrates on its `eval_data`.
+    if quantization == "int8" and representative_data is None and not qat and not bounded:
         raise ValueError(
             "`quantization='int8'` needs `representative_data` (a few hundred inputs to "
             "calibrate activation ranges) unless the model is quantization-aware. "
@@ -116,7 +117,8 @@ def _validate(model, path, quantization, representative_data, int8_io):
 
 
 def _configure(
-    converter, quantization, representative_data, int8_io, qat, per_channel_dense, dtype
+    converter, quantization, representative_data, int8_io, qat, per_channel_dense, dtype,
+    per_tensor=False,
 ):
     if quantization is None:
         return
@@ -137,6 +139,8 @@ def _configure(
         # every output unit of every kernel and bias: 15% of the digits MLP's int8
         # file, for no accuracy gained there. TFLite's int8 spec makes it optional.
         _compat.set_per_channel_dense_quantization(converter, per_channel_dense)
+        if per_tensor:
+            _compat.set_per_tensor_quantization(converter)
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
@@ -150,6 +154,7 @@ def to_tflite(
     representative_data=None,
     int8_io=False,
     per_channel_dense=False,
+    per_tensor=False,
     calibration="converter",
     recipe=None,
     max_accuracy_drop=None,
@@ -186,6 +191,13 @@ def to_tflite(
             kernels per output unit instead of per tensor. Convolutions are
             always per channel. Off by default: on the digits MLP per-channel
             costs 17% more file size for the same accuracy.
+        per_tensor: with `"int8"` of a float model (the converter's
+            calibration, or `max_accuracy_drop`), one scale per kernel for
+            convolutions and depthwise convolutions too, for accelerators that
+            take per-tensor weights only. It costs accuracy where a kernel's
+            channels have very different ranges (depthwise convolutions:
+            BENCHMARKS.md); `max_accuracy_drop` then keeps the layers that
+            lose most in float.
         calibration: how `"int8"` sets activation ranges from
             `representative_data`: `"converter"` (the TFLite converter's
             min/max calibration), or `"minmax"`/`"mse"` through
@@ -228,10 +240,22 @@ def to_tflite(
         representative_data = data_lib.as_arrays(
             representative_data, "representative_data", limit=1000
         )[0]
-    spec, qat = _validate(model, path, quantization, representative_data, int8_io)
+    spec, qat = _validate(
+        model, path, quantization, representative_data, int8_io, max_accuracy_drop is not None
+    )
     if calibration not in CALIBRATIONS:
         raise ValueError(
             f"`calibration` must be one of {CALIBRATIONS}. Received: calibration={calibration!r}"
+        )
+    if per_tensor not in (True, False) or (per_tensor and (
+        quantization != "int8" or qat or per_channel_dense or calibration != "converter"
+    )):
+        raise ValueError(
+            "`per_tensor=True` goes with quantization='int8' of a float model, the converter's "
+            "calibration and per_channel_dense=False (a quantization-aware model takes "
+            "QuantizeConfig(weight_granularity='per_tensor')). Received: "
+            f"per_tensor={per_tensor!r}, quantization={quantization!r}, "
+            f"calibration={calibration!r}, per_channel_dense={per_channel_dense!r}"
         )
     if recipe is not None and quantization is not None:
         raise ValueError(
@@ -251,7 +275,7 @@ def to_tflite(
             )
         result = _precision.mixed_precision(
             model, eval_data, max_accuracy_drop, quantization=quantization,
-            float_file=conversion.convert(model, spec),
+            float_file=conversion.convert(model, spec), per_tensor=per_tensor,
         )
         if result.kept_float:
             warnings.warn(
@@ -286,7 +310,7 @@ def to_tflite(
         spec,
         lambda converter: _configure(
             converter, quantization, representative_data, int8_io, qat, per_channel_dense,
-            spec.dtype.as_numpy_dtype,
+            spec.dtype.as_numpy_dtype, per_tensor,
         ),
     )
     float_ops = LiteModel(blob).float_ops() if quantization == "int8" else set()

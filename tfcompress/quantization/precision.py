@@ -110,11 +110,14 @@ def _exact(name):
 class _Session:
     """The float file, its outputs on `x`, and one calibration for every recipe."""
 
-    def __init__(self, model, float_blob, x, mode):
+    def __init__(self, model, float_blob, x, mode, per_tensor=False):
         quantizer, _ = litert.aeq()
 
         if mode not in _MODES:
             raise ValueError(f"`quantization` must be one of {tuple(_MODES)}. "
+                             f"Received: quantization={mode!r}")
+        if per_tensor and mode != "int8":
+            raise ValueError("`per_tensor=True` goes with quantization='int8'. "
                              f"Received: quantization={mode!r}")
         self.quantizer = quantizer
         self.float_blob = float_blob
@@ -122,6 +125,10 @@ class _Session:
         self.x = x
         self.reference = self.float_lite.predict(x)
         self.base = litert.resolve(_MODES[mode])
+        if per_tensor:
+            self.base = copy.deepcopy(self.base)
+            for entry in self.base:
+                entry["op_config"]["weight_tensor_config"]["granularity"] = "TENSORWISE"
         self.layers = layer_ops(model, self.float_lite)
         self.calibration = None
         self.evaluations = 0
@@ -244,12 +251,13 @@ class MixedPrecisionResult:
 
 
 def mixed_precision(model, eval_data, max_accuracy_drop, *, quantization="int8",
-                    float_file=None):
+                    float_file=None, per_tensor=False):
     """The most-quantized file within `max_accuracy_drop` points of the float file.
 
     Quantizes every layer; while the file loses more than `max_accuracy_drop`
     points of accuracy on `eval_data`, the next most sensitive layer (by
-    `sensitivity`) stays float.
+    `sensitivity`) stays float. With `per_tensor` (int8 only) every kernel has
+    one scale, convolutions included (AEQ's TENSORWISE weights).
 
     Raises:
         ValueError: for a negative `max_accuracy_drop`, bad `eval_data`, or a
@@ -264,7 +272,7 @@ def mixed_precision(model, eval_data, max_accuracy_drop, *, quantization="int8",
         raise ValueError(f"`eval_data` must be an (x, y) tuple. Received: {type(eval_data)}")
     x = _check_data(eval_data[0], eval_data[1], "eval_data")
     y = np.asarray(eval_data[1]).reshape(-1)
-    session = _Session(model, float_file or _float_file(model), x, quantization)
+    session = _Session(model, float_file or _float_file(model), x, quantization, per_tensor)
     float_acc = float(np.mean(session.reference.argmax(-1) == y))
     bound = float_acc - max_accuracy_drop / 100
 
