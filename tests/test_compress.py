@@ -45,6 +45,16 @@ def files(mlp, digits, tmp_path_factory):
     return root
 
 
+def test_clustered_model_fine_tunes_onto_the_int4_grid(mlp, digits):
+    (x, y), (xt, yt) = digits
+    result = tfc.compress(mlp, (x, y), (xt, yt), cluster=16, qat_epochs=1, epochs=1,
+                          quantization="int4", verbose=0)
+    assert [name for name, _ in result.steps] == ["cluster", "qat", "export"]
+    lite = tfc.export.LiteModel(result.tflite)
+    assert sorted(set(lite.weight_bits().values())) == [4, 32]
+    assert result.agreement >= 0.99
+
+
 def test_python_api_prunes_quantizes_checks_and_keeps_the_baseline(mlp, digits, tmp_path):
     (x, y), (xt, yt) = digits
     before = [w.copy() for w in mlp.get_weights()]

@@ -143,7 +143,9 @@ def compress(
             pruning on a polynomial schedule over the fine-tuning.
         units: fraction in (0, 1) of neurons and filters removed (`prune_units`).
         cluster: number of shared values per kernel (>= 2).
-        qat_epochs: epochs of quantization-aware training (int8 only; 0: PTQ).
+        qat_epochs: epochs of quantization-aware training for an `"int8"` file,
+            or an `"int4"` one (`quantize_model(weight_bits=4)`: kernels on the
+            int4 grid, which also brings clustered kernels onto it); 0: PTQ.
         quantization: `"int8"` (full integer, calibrated on `train`),
             `"int4"` (int4 weights), `"int16x8"` (int16 activations, calibrated
             on `train`), `"dynamic"`, `"float16"` or None (a float file); see
@@ -190,9 +192,9 @@ def compress(
             f"`quantization` must be one of {QUANTIZATIONS}. "
             f"Received: quantization={quantization!r}"
         )
-    if qat_epochs and quantization != "int8":
+    if qat_epochs and quantization not in ("int8", "int4"):
         raise ValueError(
-            "`qat_epochs` trains for an int8 file: pass quantization='int8'. "
+            "`qat_epochs` trains for an int8 or int4 file: pass quantization='int8' or 'int4'. "
             f"Received: quantization={quantization!r}"
         )
     if max_drop is not None and (
@@ -272,12 +274,13 @@ def compress(
         done()
     if qat_epochs:
         step("qat", f"quantization-aware training, {_epochs(qat_epochs)}")
-        work = fit(
-            quantize_model(
+        if quantization == "int4":
+            qat = quantize_model(work, weight_bits=4)  # zeros stay zero on the int4 grid
+        else:
+            qat = quantize_model(
                 work, preserve_sparsity=bool(prune), preserve_clusters=bool(cluster)
-            ),
-            qat_epochs,
-        )
+            )
+        work = fit(qat, qat_epochs)
         done()
     step("export", f"exporting ({quantization or 'float'}) and checking the file")
     calibration = x[:300] if quantization in ("int8", "int16x8") and not qat_epochs else None
