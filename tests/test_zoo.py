@@ -2,8 +2,8 @@
 through every technique, each TFLite file checked against the Keras model it came from.
 
 Runs the rows of `benchmarks/zoo_bench.py` and holds them to the goals below.
-The quick subset runs in CI: MobileNetV2's int8 files (PTQ and QAT), the
-checks no smaller model stands in for (the other techniques' surgery on
+The quick subset runs in CI: MobileNetV2's QAT int8 file, the
+check no smaller model stands in for (the other techniques' surgery on
 MobileNetV2 is covered by tests/test_structured.py, test_surgery.py and the
 technique tests). The whole matrix runs with `pytest tests/test_zoo.py --zoo`
 (about two hours on 2 cores).
@@ -35,8 +35,9 @@ AGREEMENT = {
     "low_rank 0.9": 0.99,
 }
 FULLY_INT8 = ("int8 ptq", "int8 ptq mse", "qat")
-# model: (float epochs, techniques) in CI; 15 epochs reach 94% test accuracy, about 2 min in all.
-QUICK = {"MobileNetV2": (15, ("int8 ptq", "qat"))}
+# model: (float epochs, techniques) in CI; 15 epochs reach 92-94% test accuracy, then QAT: about
+# 100 s in all. With 5 epochs the QAT file's p99 error was 5.4 steps; PTQ runs with --zoo.
+QUICK = {"MobileNetV2": (15, ("qat",))}
 
 
 def _misses(row):
