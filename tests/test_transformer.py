@@ -386,11 +386,6 @@ def _hub_encoder(keras_hub):
     inputs = keras.Input((8, 8))
     x = L.Dense(32)(inputs)
     x = keras_hub.layers.TransformerEncoder(64, 4, name="block")(x)
-    model = keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling1D()(x)))
-    # Trained norms have non-zero betas. With beta exactly zero the converter folds the
-    # `+ beta` away and then fails on the two nearly equal ranges left back to back.
-    rng = np.random.default_rng(0)
-    for layer in all_layers(model):
-        if isinstance(layer, L.LayerNormalization):
-            layer.beta.assign(rng.normal(0, 0.1, layer.beta.shape))
-    return model
+    # Untrained, its norms' betas are exactly zero: the converter folds their ADDs away
+    # (the export then keeps each norm's result on its own grid).
+    return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling1D()(x)))

@@ -17,8 +17,11 @@ Kernels and tables are int8 per tensor, symmetric.
 import math
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
+from tfcompress import _tracing
 from tfcompress._serialization import register
 from tfcompress.quantization import quantizers
 from tfcompress.quantization.layers import RangedLayer, is_on_int8_grid, mark_quantized
@@ -196,9 +199,23 @@ class QuantizedLayerNorm(_Ranged):
         if layer.gamma is not None:
             inv = self._q("scale", inv * layer.gamma, training)
         y = self._q("normalized", centered * inv, training)
-        if layer.beta is not None:
+        if layer.beta is not None and not _zero_while_exporting(layer.beta):
             y = self._q("output", y + layer.beta, training)
         return mark_quantized(y)
+
+
+def _zero_while_exporting(variable):
+    """Whether `to_tflite` is tracing and `variable` is all zeros.
+
+    The converter folds the ADD of an all-zero beta away, which leaves the
+    "normalized" and "output" ranges back to back, nearly equal, and the
+    converter then fails on them ("same scale constraint"). The file keeps the
+    normalized result's grid instead (at most a step from the QAT model's).
+    """
+    if not _tracing.exporting():
+        return False
+    with tf.init_scope():  # the value now, outside the graph being traced
+        return not np.any(ops.convert_to_numpy(variable))
 
 
 @register
