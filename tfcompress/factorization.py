@@ -433,10 +433,7 @@ def _low_rank_graph(model, plan):
 
 
 def _low_rank_subclassed(model, plan):
-    copy = surgery.copy_model(model)
-    original_of = {
-        id(c): o for o, c in zip(surgery.all_layers(model), surgery.all_layers(copy), strict=True)
-    }
+    copy, original_of = surgery.copy_with_originals(model)
     labels = _labels(model)
     plan = {i: plan[label] for i, label in labels.items() if label in plan}
 

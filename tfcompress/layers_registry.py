@@ -19,6 +19,7 @@ import warnings
 import keras
 
 from tfcompress import _compat
+from tfcompress.surgery.walk import walk_with_ancestors
 
 # What structured pruning does with a layer's channels (its last axis):
 PRODUCES = "produces"  # output units can be removed (config key `unit_key`)
@@ -314,3 +315,22 @@ def kernel_variables(layer, field):
         if v is not None:
             out.append((spec.kernel(name), v))
     return out
+
+
+def labelled_kernels(layer, field, accept=None):
+    """`[(label, Kernel, variable)]` of `layer` and every layer inside it, in a fixed order.
+
+    `field` is as in `kernel_variables`; `accept(sublayer)` (default: all)
+    chooses whose kernels count. A kernel of `layer` itself is labelled by its
+    name (`"kernel"`), one of a layer inside it by the path of sublayer names
+    (`"query/kernel"`, `"forward_lstm/lstm_cell/kernel"`).
+    """
+    accept = accept or (lambda sub: True)
+    found = []
+    if accept(layer):
+        found += [(k.name, k, v) for k, v in kernel_variables(layer, field)]
+    for sub, ancestors in walk_with_ancestors(layer):
+        if accept(sub):
+            path = "/".join(a.name for a in (*ancestors, sub))
+            found += [(f"{path}/{k.name}", k, v) for k, v in kernel_variables(sub, field)]
+    return found

@@ -94,10 +94,7 @@ def _warn_left_alone(layers):
 
 
 def _cluster_subclassed(model, select, options):
-    copy = surgery.copy_model(model)
-    original_of = {
-        id(c): o for o, c in zip(surgery.all_layers(model), surgery.all_layers(copy), strict=True)
-    }
+    copy, original_of = surgery.copy_with_originals(model)
 
     def wants(layer):
         original = original_of[id(layer)]

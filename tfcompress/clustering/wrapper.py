@@ -25,12 +25,7 @@ from keras import ops
 from tfcompress import layers_registry
 from tfcompress._serialization import register
 from tfcompress.clustering.kmeans import INITS, CentroidInitialization, init_centroids, kmeans_1d
-from tfcompress.surgery import (
-    all_layers,
-    call_with_values,
-    symbolic_build,
-    walk_with_ancestors,
-)
+from tfcompress.surgery import all_layers, call_with_values, symbolic_build
 
 
 def clustered_kernels(layer):
@@ -41,12 +36,7 @@ def clustered_kernels(layer):
     `"forward_lstm/lstm_cell/kernel"`: the two cells of a `Bidirectional` share
     a name).
     """
-    found = [(k.name, k, v) for k, v in layers_registry.kernel_variables(layer, "cluster")]
-    for sub, ancestors in walk_with_ancestors(layer):
-        path = "/".join(a.name for a in (*ancestors, sub))
-        for k, v in layers_registry.kernel_variables(sub, "cluster"):
-            found.append((f"{path}/{k.name}", k, v))
-    return found
+    return layers_registry.labelled_kernels(layer, "cluster")
 
 
 def is_clusterable(layer):

@@ -73,15 +73,7 @@ def int4_kernels(layer):
     FULLY_CONNECTED or CONV_2D; labelled `"kernel"` or by the path of
     sublayer names (`"intermediate_dense/kernel"`).
     """
-    found = []
-    if _is_int4_layer(layer):
-        found += [(k.name, k, v) for k, v in layers_registry.kernel_variables(layer, "cluster")]
-    for sub, ancestors in surgery.walk_with_ancestors(layer):
-        if _is_int4_layer(sub):
-            path = "/".join(a.name for a in (*ancestors, sub))
-            kernels = layers_registry.kernel_variables(sub, "cluster")
-            found += [(f"{path}/{k.name}", k, v) for k, v in kernels]
-    return found
+    return layers_registry.labelled_kernels(layer, "cluster", _is_int4_layer)
 
 
 @register
@@ -204,10 +196,7 @@ def quantize_weights(model, select):
         if not any(wants(layer) for layer in surgery.graph_layers(model)):
             _raise_nothing(model)
         return surgery.replace_layers(model, wants, lambda copy, _: _wrapped(copy))
-    copy = surgery.copy_model(model)
-    original_of = {
-        id(c): o for o, c in zip(surgery.all_layers(model), surgery.all_layers(copy), strict=True)
-    }
+    copy, original_of = surgery.copy_with_originals(model)
     paths = surgery.layer_paths(copy, lambda layer: wants(original_of[id(layer)]))
     if not paths:
         _raise_nothing(model)

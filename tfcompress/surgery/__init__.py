@@ -10,7 +10,13 @@
 """
 
 from tfcompress.surgery.copy import carry_weights, copy_layer, symbolic_build
-from tfcompress.surgery.rebuild import copy_model, inline_graphs, rebuild_graph, replace_layers
+from tfcompress.surgery.rebuild import (
+    copy_model,
+    copy_with_originals,
+    inline_graphs,
+    rebuild_graph,
+    replace_layers,
+)
 from tfcompress.surgery.swapped import SwappedLayer, SwappedModel, call_with_values
 from tfcompress.surgery.walk import (
     Selection,
@@ -39,6 +45,7 @@ __all__ = [
     "carry_weights",
     "copy_layer",
     "copy_model",
+    "copy_with_originals",
     "graph_layers",
     "inline_graphs",
     "is_graph_model",

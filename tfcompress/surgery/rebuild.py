@@ -154,6 +154,15 @@ def inline_graphs(model):
         return model  # names clash: the nested models stay whole
 
 
+def copy_with_originals(model):
+    """`copy_model(model)` and `{id(copied layer): its original}`: for a technique that
+    decides on the original's layers and swaps the copy's."""
+    copy = copy_model(model)
+    return copy, {
+        id(c): o for o, c in zip(all_layers(model), all_layers(copy), strict=True)
+    }
+
+
 def copy_model(model, values=None, stop=None):
     """A new model computing the same function with its own weights.
 
