@@ -173,15 +173,21 @@ def test_int4_qat_reaches_inside_custom_layers_and_reloads(digits, tmp_path, kin
 def test_sixteen_clusters_fine_tuned_onto_the_int4_grid(digits):
     # k-means centroids are not on the int4 grid: rounding them there (what the file
     # does to a clustered model) cost up to 1.1 points in benchmarks/quant_bench.py;
-    # two epochs of int4 QAT win it back.
+    # two epochs of int4 QAT win most of it back. One seed moves by a test sample or
+    # two between CPUs (0.28 points each; -0.6 to +0.3 over six seeds here), so the
+    # bound is a point of the clustered float model, and the file must run what the
+    # QAT model trained (same predictions, same loss).
     (x, y), (xt, yt) = digits
     model = _fit(_mlp(256, 128), x, y, 20)
     clustered = _fit(tfc.clustering.cluster_weights(model, 16), x, y, 2, lr=1e-4)
     clustered = tfc.clustering.strip_clustering(clustered)
     accuracy = np.mean(clustered.predict(xt, verbose=0).argmax(1) == yt)
     tuned = _fit(quantize_model(clustered, weight_bits=4), x, y, 2, lr=1e-4)
-    lite = LiteModel(to_tflite(tuned, quantization="int4"))
-    assert lite.evaluate(xt, yt) >= accuracy - 0.003
+    expected = tuned.predict(xt, verbose=0)
+    got = LiteModel(to_tflite(tuned, quantization="int4")).predict(xt)
+    assert np.mean(got.argmax(1) == yt) >= accuracy - 0.01
+    assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.99
+    np.testing.assert_allclose(float(LOSS(yt, got)), float(LOSS(yt, expected)), rtol=0.02)
 
 
 @pytest.mark.parametrize(
