@@ -1,7 +1,8 @@
 """The Keras CNN zoo through every technique, each file checked against its Keras model.
 
 Run: `nice -n 10 python benchmarks/zoo_bench.py [--models mobilenetv2 resnet50 ...]`
-(all models: about 2 hours on 2 cores; `--quick`: MobileNetV2 only, fewer epochs).
+(all models: about 2 hours on 2 cores; `--quick`: MobileNetV2 only, fewer epochs;
+`--untrained`: QAT, int8 PTQ and `prune_units` of the untrained nets, a structural check).
 Sequence models (Conv1D, LSTM, GRU, SimpleRNN, BiLSTM, a transformer encoder) read the
 digits row by row; a text encoder reads their 64 pixels as tokens, a ViT their 2x2 patches.
 
@@ -17,7 +18,8 @@ upscaled to 32x32 RGB) it prints one row per technique:
 
 Techniques (fine-tuned with Adam and a cosine decay): float file, dynamic range,
 float16, int8 PTQ with the converter's calibration and with
-`calibration="mse"`, QAT (3 epochs), magnitude pruning to 50% (6 epochs),
+`calibration="mse"`, int16x8 (int8 weights, int16 activations: the AI Edge
+Quantizer), QAT (3 epochs), magnitude pruning to 50% (6 epochs),
 `prune_units(0.5)` (15 epochs; latency also at 96x96 input, where compute
 outweighs the interpreter's fixed cost), clustering to 16 values per kernel
 (3 epochs), `low_rank(energy=0.9)` (3 epochs).
@@ -78,6 +80,7 @@ TECHNIQUES = (
     "float16",
     "int8 ptq",
     "int8 ptq mse",
+    "int16x8",
     "qat",
     "prune 50%",
     "prune_units 0.5",
@@ -247,6 +250,9 @@ def technique(name, tech, model, train, test, quick=False):
                 model, quantization="int8", representative_data=x[:300], calibration=calibration
             )
             check(model, blob, xt, yt, row)
+        elif tech == "int16x8":
+            blob = to_tflite(model, quantization="int16x8", representative_data=x[:300])
+            check(model, blob, xt, yt, row)
         elif tech == "qat":
             qat = fit(tfc.quantization.quantize_model(model), x, y, epochs(3), 1e-4)
             blob = to_tflite(qat, quantization="int8")
@@ -357,6 +363,48 @@ def tfmot_anchor(name):
     return json.loads(lines[-1])
 
 
+def untrained(name):
+    """A structural check without training (minutes, not hours, for the big nets).
+
+    QAT (ranges from two training-mode calls on digit images), int8 PTQ and
+    `prune_units(0.5)` of the randomly initialized model: which files are fully
+    int8, the float ops left, the layers QAT leaves float, and how far each file
+    is from its Keras model (the int8 files in steps of the softmax's 1/256).
+    """
+    t0 = time.perf_counter()
+    model = build(name)
+    (x, _), _ = data(name)
+    x = x[:64]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qat = tfc.quantization.quantize_model(model)
+    left_float = [str(w.message)[:160] for w in caught if "float" in str(w.message)]
+    for batch in (x[:32], x[32:]):
+        qat(batch, training=True)
+    row = {"model": name, "parameters": model.count_params(), "qat_left_float": left_float}
+    for label, keras_model, blob in (
+        ("qat", qat, lambda: to_tflite(qat, quantization="int8")),
+        ("ptq", model, lambda: to_tflite(model, quantization="int8", representative_data=x)),
+    ):
+        lite = LiteModel(blob())
+        steps = np.abs(lite.predict(x) - keras_model.predict(x, verbose=0)) * 256
+        row[label] = {
+            "fully_int8": lite.is_fully_int8(),
+            "float_ops": sorted(lite.float_ops()),
+            "bytes": lite.size,
+            "max_steps": float(steps.max()),
+            "p99_steps": float(np.percentile(steps, 99)),
+        }
+    smaller = tfc.pruning.prune_units(model, 0.5)
+    lite = LiteModel(to_tflite(smaller))
+    row["prune_units"] = {
+        "params_ratio": smaller.count_params() / model.count_params(),
+        "file_max_abs_err": float(np.abs(lite.predict(x) - smaller.predict(x, verbose=0)).max()),
+    }
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
 def trained(name, epochs=None):
     """The model trained on the upscaled digits, its data and its test accuracy."""
     train, test = data(name)
@@ -408,7 +456,9 @@ def table(rows):
                 "| | | | | | | | |"
             )
             continue
-        if r["technique"] not in ("int8 ptq", "int8 ptq mse", "qat"):
+        if r["technique"] == "int16x8":  # int16 activations by design: name float ops only
+            int8 = f"int16 ({', '.join(r['float_ops'])} float)" if r["float_ops"] else "int16"
+        elif r["technique"] not in ("int8 ptq", "int8 ptq mse", "qat"):
             int8 = "-"  # a float (or dynamic-range) file by design
         else:
             int8 = "yes" if r["fully_int8"] else f"no ({', '.join(r['float_ops'])})"
@@ -442,7 +492,18 @@ def main():
     parser.add_argument("--quick", action="store_true", help="MobileNetV2 only, 10 epochs")
     parser.add_argument("--tfmot", action="store_true", help="tfmot anchor column (subprocess)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument(
+        "--untrained", action="store_true", help="structural QAT/PTQ/prune_units check only"
+    )
     args = parser.parse_args()
+    if args.untrained:
+        for name in args.models:
+            try:
+                print(json.dumps(untrained(name)), flush=True)
+            except Exception as e:  # a failure is a result of this benchmark
+                print(json.dumps({"model": name, "error": f"{type(e).__name__}: {e}"[:300]}))
+                traceback.print_exc(limit=3)
+        return
     if args.quick:
         args.models, args.epochs = ["MobileNetV2"], 10
     rows = []

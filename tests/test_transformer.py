@@ -18,6 +18,7 @@ from tfcompress.pruning import prune_units
 from tfcompress.quantization import (
     QuantizedAttention,
     QuantizedComposite,
+    QuantizedEmbedding,
     QuantizedLayerNorm,
     quantize_model,
 )
@@ -379,6 +380,35 @@ def test_keras_hub_transformer_encoder_through_qat_and_low_rank(tmp_path):
     assert small.count_params() < model.count_params()
     lite = LiteModel(to_tflite(small))
     np.testing.assert_allclose(lite.predict(xt[:32]), small.predict(xt[:32], verbose=0), atol=1e-4)
+
+
+def test_keras_hub_token_and_position_embedding_gathers_int8(tmp_path):
+    # Its token table is Keras' ReversibleEmbedding, its positions keras_hub's
+    # PositionEmbedding (called with start_index=): both int8 tables, nothing left float.
+    keras_hub = pytest.importorskip("keras_hub")
+    (x, _), (xt, _) = datasets.load_digits()
+    x, xt = np.rint(16 * x).astype("int32"), np.rint(16 * xt).astype("int32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,), dtype="int32")
+    embedded = keras_hub.layers.TokenAndPositionEmbedding(17, 64, 16, name="emb")(inputs)
+    model = keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling1D()(embedded)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no layer is left float or unknown
+        qat = quantize_model(model)
+        cluster_weights(model, 8)
+    inner = {type(layer).__name__ for layer in all_layers(qat.get_layer("emb"))}
+    assert {"QuantizedEmbedding", "QuantizeWrapper"} <= inner
+    lite, error = _ranged_file_error(qat, x)
+    assert lite.is_fully_int8(), lite.float_ops()
+    assert "GATHER" in lite.ops() and error <= 2
+    qat.save(tmp_path / "emb.keras")
+    reloaded = keras.saving.load_model(tmp_path / "emb.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(xt, verbose=0), qat.predict(xt, verbose=0), atol=1e-6
+    )
+    token = next(layer for layer in all_layers(qat) if isinstance(layer, QuantizedEmbedding))
+    with pytest.raises(ValueError, match="reverse=True"):
+        token(ops.ones((2, 16)), reverse=True)  # a tied output projection stays float
 
 
 def _hub_encoder(keras_hub):

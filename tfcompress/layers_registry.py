@@ -147,6 +147,8 @@ def _builtin_table():
         L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
     ):  # fmt: skip
         table[cls] = passes
+    if hasattr(L, "ReversibleEmbedding"):  # an Embedding whose reverse=True call is a
+        table[L.ReversibleEmbedding] = table[L.Embedding]  # tied projection (QAT refuses it)
     return table
 
 
@@ -251,12 +253,31 @@ def register_layer(
     return spec
 
 
+def _register_keras_hub():
+    """keras_hub's `PositionEmbedding`, which reads rows of its `position_embeddings`
+    table (its token embedding is Keras' `ReversibleEmbedding`, in the table above).
+    Registered on the first keras_hub layer seen: tfcompress never imports keras_hub."""
+    global _KERAS_HUB_PENDING
+    _KERAS_HUB_PENDING = False
+    try:
+        from keras_hub.layers import PositionEmbedding
+    except ImportError:  # another keras_hub version: its layers stay unknown
+        return
+    if PositionEmbedding not in _TABLE:
+        register_layer(PositionEmbedding, kernels=["position_embeddings"])
+
+
+_KERAS_HUB_PENDING = True
+
+
 def registered_class(layer):
     """The registered class whose entry applies to `layer`, or None.
 
     The closest registered class in the layer's MRO applies unless the
     layer's class overrides `call` below it (the subclass rule).
     """
+    if _KERAS_HUB_PENDING and type(layer).__module__.startswith("keras_hub."):
+        _register_keras_hub()
     for cls in type(layer).__mro__:
         if cls in _TABLE:
             return cls if type(layer).call is cls.call else None

@@ -29,6 +29,7 @@ from tfcompress.quantization.registry import (
     ATTENTION_EXTRAS,
     attention_projection,
     flat_matmul,
+    is_embedding,
     quantizable_attention,
     quantizable_layer_norm,
 )
@@ -233,13 +234,19 @@ class QuantizedEmbedding(_Ranged):
     """
 
     def __init__(self, layer, quantize_config=None, quantize_inputs=False, **kwargs):
-        if type(layer) is not keras.layers.Embedding:
+        if not isinstance(layer, keras.layers.Layer) or not is_embedding(layer):
             raise ValueError(
-                f"QuantizedEmbedding needs a keras.layers.Embedding. Received: layer={layer}"
+                "QuantizedEmbedding needs a keras.layers.Embedding (or a subclass keeping its "
+                f"maths). Received: layer={layer}"
             )
         super().__init__(layer, quantize_config, False, **kwargs)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, reverse=False):
+        if reverse:  # keras_hub's ReversibleEmbedding, used as a tied output projection
+            raise ValueError(
+                f"The quantized embedding {self.layer.name!r} gathers rows only: leave it float "
+                "(`exclude=` in `quantize_model`) to project onto its table. Received: reverse=True"
+            )
         table = quantizers.quantize_weight(self.layer.embeddings)
         ids = inputs if "int" in str(inputs.dtype) else ops.cast(inputs, "int32")
         return mark_quantized(ops.take(table, ids, axis=0))

@@ -420,7 +420,14 @@ class QuantizeWrapper(keras.layers.Layer):
             out.append(quantizers.quantize_weight(w, per_channel=self.per_channel))
         return out
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, **kwargs):
+        # kwargs: a custom layer's own call arguments (keras_hub's PositionEmbedding
+        # takes start_index=), passed on to the call that runs it.
+        if kwargs and self.kind is not None and not self.kind.custom:
+            raise ValueError(
+                f"{type(self.layer).__name__} takes no call arguments but the input. "
+                f"Received: {sorted(kwargs)}"
+            )
         source = None  # the quantizer whose range the (first) input has, when known
         if self.input_quantizers:
             inputs, source = self._quantize_inputs(inputs, training)
@@ -438,7 +445,7 @@ class QuantizeWrapper(keras.layers.Layer):
             if _is_swish(registry.activation_name(self.layer)):
                 y = _swish(inputs)
             else:
-                y = self.layer(inputs, training=training)
+                y = self.layer(inputs, training=training, **kwargs)
             if self.output_quantizer is None:
                 return y
             out = self.output_quantizer(y, training=training)
@@ -455,7 +462,7 @@ class QuantizeWrapper(keras.layers.Layer):
             return mid(t, training=training)
 
         kernels = self.quantized_kernels()
-        y = self.kind.forward(self.layer, inputs, kernels, mid_fn)
+        y = self.kind.forward(self.layer, inputs, kernels, mid_fn, **kwargs)
         if self.kind.separable and integer:
             source = mid  # the pointwise part's input
         y = self._round_bias(y, source)

@@ -382,14 +382,14 @@ def _is_rbm(layer):
     )
 
 
-def _substituted_forward(layer, x, kernels, mid):
+def _substituted_forward(layer, x, kernels, mid, **kwargs):
     """Runs a registered custom layer's own `call` on its fake-quantized kernels."""
     names = layers_registry.lookup(layer).kernels
     mapping = [
         (layers_registry.variable(layer, k.name), q) for k, q in zip(names, kernels, strict=True)
     ]
     with keras.StatelessScope(state_mapping=mapping, initialize_variables=False):
-        return layer.call(x)
+        return layer.call(x, **kwargs)
 
 
 def _custom_kind(spec):
@@ -511,7 +511,7 @@ def role(layer):
         return "attention"
     if quantizable_layer_norm(layer, _input_rank(layer)):
         return "layer_norm"
-    if type(layer) is keras.layers.Embedding:
+    if is_embedding(layer):
         return "embedding"
     if isinstance(layer, MERGE_LAYERS):
         return "merge"
@@ -524,6 +524,12 @@ def role(layer):
     if isinstance(layer, AFFINE_LAYERS) and _plain_affine(layer):
         return "affine"
     return None
+
+
+def is_embedding(layer):
+    """An `Embedding`, or a subclass keeping its maths (registered `like=` it)."""
+    cls = layers_registry.registered_class(layer)
+    return cls is not None and issubclass(cls, keras.layers.Embedding)
 
 
 def _input_rank(layer):
