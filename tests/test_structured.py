@@ -424,3 +424,63 @@ def test_shared_layers_prelu_and_reshapes():
     assert small.get_layer("prelu").alpha.shape == (6,)
     xs = [np.random.default_rng(i).random((4, 5), dtype=np.float32) for i in range(2)]
     np.testing.assert_allclose(small(xs).numpy(), model(xs).numpy(), rtol=1e-4, atol=1e-4)
+
+
+class _MlpBlock(keras.layers.Layer):
+    """A custom residual MLP block: its variables all sit in its Dense sublayers."""
+
+    def __init__(self, width, hidden, **kwargs):
+        super().__init__(**kwargs)
+        self.width, self.hidden = width, hidden
+        self.up = L.Dense(hidden, activation="relu", name="up")
+        self.down = L.Dense(width, name="down")
+
+    def build(self, shape):
+        self.up.build(shape)
+        self.down.build((*shape[:-1], self.hidden))
+
+    def call(self, x):
+        return x + self.down(self.up(x))
+
+    def get_config(self):
+        return {**super().get_config(), "width": self.width, "hidden": self.hidden}
+
+
+class _TfBlock(_MlpBlock):
+    """The same block calling TensorFlow directly: it cannot run on symbolic tensors."""
+
+    def call(self, x):
+        import tensorflow as tf
+
+        return tf.add(x, self.down(self.up(x)))
+
+
+def test_custom_layers_are_called_inline_and_lose_units(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    x = _MlpBlock(6, 16, name="first")(L.Dense(6, name="stem")(inputs))
+    x = _TfBlock(6, 16, name="second")(x)
+    model = keras.Model(inputs, L.Dense(3, name="out")(_MlpBlock(6, 8, name="third")(x)))
+    data = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    # Nothing removed: the inlined graph computes the model's function.
+    same = prune_units(model, {"first_up": 0.0})
+    np.testing.assert_allclose(same.predict(data, verbose=0), model.predict(data, verbose=0),
+                               atol=1e-5)
+    small = prune_units(model, 0.5)
+    names = [layer.name for layer in small.layers]
+    assert {"first_up", "first_down", "third_up", "third_down", "second"} <= set(names)
+    assert small.get_layer("first_up").units == 8 and small.get_layer("third_up").units == 4
+    assert small.get_layer("first_down").units == 6  # the residual reaches second: kept
+    assert isinstance(small.get_layer("second"), _TfBlock)  # whole, its units kept
+    up = model.get_layer("first").up.kernel.numpy()
+    keep = np.sort(np.argsort(-np.abs(up).sum(0), kind="stable")[:8])
+    np.testing.assert_array_equal(small.get_layer("first_up").kernel.numpy(), up[:, keep])
+    # exclude= names a custom layer (kept whole) or a layer inside one.
+    kept = prune_units(model, 0.5, exclude=["first"])
+    assert isinstance(kept.get_layer("first"), _MlpBlock)
+    assert prune_units(model, 0.5, exclude=["up"]).get_layer("first_up").units == 16
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.saving.load_model(tmp_path / "small.keras",
+                                       custom_objects={"_TfBlock": _TfBlock})
+    np.testing.assert_allclose(reloaded.predict(data, verbose=0), small.predict(data, verbose=0),
+                               atol=1e-6)

@@ -411,6 +411,21 @@ def test_keras_hub_token_and_position_embedding_gathers_int8(tmp_path):
         token(ops.ones((2, 16)), reverse=True)  # a tied output projection stays float
 
 
+def test_prune_units_reaches_inside_keras_hub_encoder_blocks():
+    keras_hub = pytest.importorskip("keras_hub")
+    (x, _), _ = datasets.load_digits(shape="sequence")
+    model = _hub_encoder(keras_hub)
+    same = prune_units(model, {"block_feedforward_intermediate_dense": 0.0})
+    np.testing.assert_allclose(same.predict(x[:32], verbose=0), model.predict(x[:32], verbose=0),
+                               atol=1e-5)
+    small = prune_units(model, 0.5)  # the block is called inline: half its heads and units
+    assert small.get_layer("block_self_attention_layer").num_heads == 2
+    assert small.get_layer("block_feedforward_intermediate_dense").units == 32
+    assert small.count_params() < 0.6 * model.count_params()
+    lite = LiteModel(to_tflite(small))
+    np.testing.assert_allclose(lite.predict(x[:32]), small.predict(x[:32], verbose=0), atol=1e-4)
+
+
 def _hub_encoder(keras_hub):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8))

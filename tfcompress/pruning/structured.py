@@ -801,9 +801,14 @@ def prune_units(model, fraction=0.5, criterion="l1", *, layers=None, exclude=Non
     incoming weights; the group loses `fraction` of them and every reader is
     sliced to match. Channels reaching a model output, a layer or op this
     does not know (LayerNormalization, Softmax, non-last-axis ops, a constant
-    with a value per channel), or a nested model are left whole. The result
-    is a new, smaller, plain Keras model with the surviving weights copied;
-    fine-tune it with `compile` and `fit`.
+    with a value per channel), or a nested model are left whole. A custom
+    layer whose variables all sit in its sublayers (keras_hub's
+    `TransformerEncoder`) is called inline: its `call` runs on the graph's
+    symbolic tensors, so its sublayers become layers of the result, named
+    `{layer}_{sublayer}` (also in a `fraction` dict), and lose units like any
+    other (one whose `call` needs real tensors stays whole, its channels
+    left as they are). The result is a new, smaller, plain Keras model with
+    the surviving weights copied; fine-tune it with `compile` and `fit`.
 
     Args:
         model: A built Sequential or Functional model.
@@ -819,8 +824,9 @@ def prune_units(model, fraction=0.5, criterion="l1", *, layers=None, exclude=Non
             a layer left out by `layers`/`exclude` keeps all its units.
 
     Returns:
-        A new `keras.Model` of the same kind (Sequential or Functional) with
-        fewer units. Layers inside nested sub-models keep theirs.
+        A new `keras.Model` of the same kind (Sequential or Functional; a
+        Functional one where a custom layer was inlined) with fewer units.
+        Layers inside nested sub-models keep theirs.
 
     Raises:
         ValueError: a subclassed or unbuilt model, a fraction outside [0, 1),
@@ -844,10 +850,24 @@ def prune_units(model, fraction=0.5, criterion="l1", *, layers=None, exclude=Non
     if criterion not in _CRITERIA:
         raise ValueError(f"`criterion` must be one of {_CRITERIA}. Received: criterion={criterion}")
     select = surgery.Selection(model, layers, exclude)
+    model, origins = surgery.inline_layers(model, lambda layer: _inlinable(layer) and select(layer))
     graph = _ChannelGraph(as_functional(model), criterion)
     groups = _groups(graph)
     _set_fractions(model, groups, fraction)
     for group in groups:
-        if not all(select(p.layer) for p in group.producers):
+        if not all(select(origins.get(id(p.layer), p.layer)) for p in group.producers):
             group.fraction = 0.0
     return _rebuild(model, _cuts(graph, _removed_classes(graph, groups)))
+
+
+def _inlinable(layer):
+    """A custom layer (not Keras' or tfcompress', not registered) whose variables all
+    sit in its sublayers: `prune_units` runs its `call` inline to see inside."""
+    package = type(layer).__module__.split(".")[0]
+    return (
+        package not in ("keras", "tfcompress")
+        and not isinstance(layer, keras.Model)
+        and layers_registry.lookup(layer) is None
+        and not layers_registry.overrides_call(layer)
+        and not surgery.own_variables(layer)
+    )

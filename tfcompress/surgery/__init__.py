@@ -4,7 +4,8 @@
   depth, the attribute slots of a subclassed model, layer selection.
 - `copy`: fresh layers and models holding the same weights.
 - `rebuild`: a new Sequential/Functional model with layers replaced (Keras op
-  nodes such as `x + 3.0` and nested models included), or nested models inlined.
+  nodes such as `x + 3.0` and nested models included), or nested models and
+  custom layers inlined.
 - `swapped`: the bases of models (and custom layers of Functional models)
   whose layer attributes were swapped, saved and reloaded as `.keras`.
 """
@@ -14,6 +15,7 @@ from tfcompress.surgery.rebuild import (
     copy_model,
     copy_with_originals,
     inline_graphs,
+    inline_layers,
     rebuild_graph,
     replace_layers,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "copy_with_originals",
     "graph_layers",
     "inline_graphs",
+    "inline_layers",
     "is_graph_model",
     "layer_paths",
     "own_variables",

@@ -13,6 +13,7 @@ by this rebuild, a subclassed one from its config.
 
 import keras
 
+from tfcompress import _compat
 from tfcompress.surgery.copy import build_like, carry_weights, classes_inside, copy_layer
 from tfcompress.surgery.walk import (
     all_layers,
@@ -152,6 +153,62 @@ def inline_graphs(model):
         if "unique" not in str(error):
             raise
         return model  # names clash: the nested models stay whole
+
+
+def inline_layers(model, wants, max_depth=8):
+    """A Functional model with each layer `wants` accepts called inline.
+
+    An accepted layer (a custom layer such as keras_hub's `TransformerEncoder`)
+    is copied, weights included, and its `call` run on the graph's symbolic
+    tensors: its sublayers and Keras ops become nodes of the graph, each
+    sublayer renamed `{layer}_{sublayer}` to keep names unique. Accepted
+    layers found inside are inlined in turn (`max_depth` levels). A layer
+    whose `call` cannot run on symbolic tensors (it calls TensorFlow directly)
+    stays whole, and so does the whole model if the new names clash. `call`
+    runs once with the graph's arguments (no `training=`): branches on the
+    training flag are taken as at inference. `wants` must refuse layers
+    holding variables of their own (only sublayers' variables carry over).
+
+    Returns:
+        `(new_model, origins)`: `model` itself when nothing was inlined, and
+        `{id(layer of new_model from inside an inlined layer): the layer of
+        model it copies}`.
+    """
+    origins = {}
+    for _ in range(max_depth):
+        try:
+            new, inlined = _inline_once(model, wants)
+        except ValueError as error:
+            if "unique" not in str(error):
+                raise
+            break  # names clash: the layers stay whole
+        if not inlined:
+            break
+        for operation, copy in inlined:
+            for old, made in zip(all_layers(operation), all_layers(copy), strict=True):
+                origins[id(made)] = origins.get(id(old), old)
+        model = new
+    return model, origins
+
+
+def _inline_once(model, wants):
+    """One level of `inline_layers`: the new model and its `[(layer, inlined copy)]`."""
+    inlined = []
+
+    def call(operation, args, kwargs):
+        if not isinstance(operation, keras.layers.Layer) or not wants(operation):
+            return operation(*args, **kwargs)
+        copy = copy_layer(operation, call=(args, kwargs))
+        for inner in _compat.child_layers(copy):
+            inner.name = f"{copy.name}_{inner.name}"
+        try:
+            outputs = copy.call(*args, **kwargs)
+        except Exception:  # TensorFlow calls, value branches: the layer stays whole
+            return operation(*args, **kwargs)
+        inlined.append((operation, copy))
+        return outputs
+
+    return rebuild_graph(model, call), inlined
 
 
 def copy_with_originals(model):
