@@ -7,11 +7,14 @@ Run: `nice -n 5 python benchmarks/transformer_bench.py [--rounds 7]` (about 3 mi
    them) and `tfc.pruning.prune_units(encoder, 0.5)` of it (half the heads, half the
    MLP units). Both float files run on LiteRT at 1 thread, interleaved, warmed up;
    best (minimum) of `--rounds` rounds of 30 runs each, with the spread.
+   With keras_hub installed, the same encoder made of its `TransformerEncoder` layers
+   too (`prune_units` calls them inline).
 2. Accuracy: the test encoder (8 steps of the digits' rows, width 32, 4 heads) trained
    20 epochs, pruned the same way and fine-tuned 10 epochs, against the unpruned net.
 """
 
 import argparse
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -38,9 +41,32 @@ def encoder(steps=8, features=8, dim=32, heads=2, blocks=1, classes=10):
     return keras.Model(inputs, L.Dense(classes, name="head")(x))
 
 
-def latency(rounds):
+def hub_encoder(steps=64, features=32, dim=128, heads=8, blocks=2, classes=10):
+    """The same encoder made of keras_hub's `TransformerEncoder` layers (custom layers:
+    `prune_units` calls them inline)."""
+    import keras_hub
+
+    inputs = keras.Input((steps, features))
+    x = L.Dense(dim, name="embed")(inputs)
+    for i in range(blocks):
+        x = keras_hub.layers.TransformerEncoder(2 * dim, heads, activation="gelu",
+                                                name=f"block{i}")(x)
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, L.Dense(classes, name="head")(x))
+
+
+def latency(rounds, hub=False):
     keras.utils.set_random_seed(0)
-    big = encoder(steps=64, features=32, dim=128, heads=8, blocks=2)
+    if hub:
+        big = hub_encoder()
+        attention, mlp = "self_attention_layer", "feedforward_intermediate_dense"
+    else:
+        big = encoder(steps=64, features=32, dim=128, heads=8, blocks=2)
+        attention, mlp = "mha0", "mlp0a"
+
+    def get(model, name):  # the first block's layer (inside keras_hub's block, or inlined)
+        return next(lr for lr in tfc.surgery.all_layers(model) if lr.name.endswith(name))
+
     small = tfc.pruning.prune_units(big, 0.5)
     files = [LiteModel(to_tflite(m), num_threads=1) for m in (big, small)]
     x = np.random.default_rng(0).normal(size=(1, 64, 32)).astype("float32")
@@ -48,9 +74,10 @@ def latency(rounds):
     for _ in range(rounds):
         for i, lite in enumerate(files):
             times[i].append(1e3 * lite.latency(x, runs=30, warmup=5))
-    heads = [m.get_layer("mha0").num_heads for m in (big, small)]
-    mlp = [m.get_layer("mlp0a").units for m in (big, small)]
-    print(f"# encoder 64x128, heads {heads[0]} -> {heads[1]}, MLP {mlp[0]} -> {mlp[1]}, "
+    heads = [get(m, attention).num_heads for m in (big, small)]
+    units = [get(m, mlp).units for m in (big, small)]
+    kind = "keras_hub TransformerEncoder" if hub else "encoder"
+    print(f"# {kind} 64x128, heads {heads[0]} -> {heads[1]}, MLP {units[0]} -> {units[1]}, "
           f"params {big.count_params():,} -> {small.count_params():,}")
     for name, t, lite in zip(("full", "pruned 0.5"), times, files):
         print(f"{name}: best {min(t):.3f} ms, spread {min(t):.3f}-{max(t):.3f} ms, "
@@ -89,6 +116,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     latency(args.rounds)
+    if importlib.util.find_spec("keras_hub") is not None:
+        latency(args.rounds, hub=True)
     accuracy()
 
 
