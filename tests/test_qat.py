@@ -588,6 +588,12 @@ def test_config_round_trips():
     assert ActivationQuantizer.from_config(quantizer.get_config()).fixed_range == (0.0, 1.0)
 
 
+def test_call_arguments_reach_only_a_custom_layers_own_call():
+    wrapper = QuantizeWrapper(L.Dense(3))
+    with pytest.raises(ValueError, match=r"Dense takes no call arguments.*\['scale'\]"):
+        wrapper(np.ones((2, 4), "float32"), scale=2.0)
+
+
 def test_invalid_config_values():
     for kwargs, match in [
         ({"mode": "int4"}, "mode=int4"),
