@@ -363,7 +363,7 @@ def tfmot_anchor(name):
     return json.loads(lines[-1])
 
 
-def untrained(name):
+def untrained(name, latency=False):
     """A structural check without training (minutes, not hours, for the big nets).
 
     QAT (ranges from two training-mode calls on digit images), int8 PTQ and
@@ -401,6 +401,8 @@ def untrained(name):
         "params_ratio": smaller.count_params() / model.count_params(),
         "file_max_abs_err": float(np.abs(lite.predict(x) - smaller.predict(x, verbose=0)).max()),
     }
+    if latency and MODELS[name][0] is not None:  # latency does not depend on training
+        row["prune_units"].update(unit_speedups(name, model, smaller))
     row["seconds"] = time.perf_counter() - t0
     return row
 
@@ -495,11 +497,14 @@ def main():
     parser.add_argument(
         "--untrained", action="store_true", help="structural QAT/PTQ/prune_units check only"
     )
+    parser.add_argument(
+        "--latency", action="store_true", help="with --untrained: prune_units speed-up at 96x96"
+    )
     args = parser.parse_args()
     if args.untrained:
         for name in args.models:
             try:
-                print(json.dumps(untrained(name)), flush=True)
+                print(json.dumps(untrained(name, args.latency)), flush=True)
             except Exception as e:  # a failure is a result of this benchmark
                 print(json.dumps({"model": name, "error": f"{type(e).__name__}: {e}"[:300]}))
                 traceback.print_exc(limit=3)
