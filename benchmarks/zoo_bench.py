@@ -19,7 +19,8 @@ upscaled to 32x32 RGB) it prints one row per technique:
 Techniques (fine-tuned with Adam and a cosine decay): float file, dynamic range,
 float16, int8 PTQ with the converter's calibration and with
 `calibration="mse"`, int16x8 (int8 weights, int16 activations: the AI Edge
-Quantizer), QAT (3 epochs), magnitude pruning to 50% (6 epochs),
+Quantizer), int8 with `recurrent="fused"` (recurrent nets only: TFLite's
+integer LSTM op), QAT (3 epochs), magnitude pruning to 50% (6 epochs),
 `prune_units(0.5)` (15 epochs; latency also at 96x96 input, where compute
 outweighs the interpreter's fixed cost), clustering to 16 values per kernel
 (3 epochs), `low_rank(energy=0.9)` (3 epochs).
@@ -81,6 +82,7 @@ TECHNIQUES = (
     "int8 ptq",
     "int8 ptq mse",
     "int16x8",
+    "int8 fused",
     "qat",
     "prune 50%",
     "prune_units 0.5",
@@ -252,6 +254,11 @@ def technique(name, tech, model, train, test, quick=False):
             check(model, blob, xt, yt, row)
         elif tech == "int16x8":
             blob = to_tflite(model, quantization="int16x8", representative_data=x[:300])
+            check(model, blob, xt, yt, row)
+        elif tech == "int8 fused":  # TFLite's fused (integer) LSTM op
+            blob = to_tflite(
+                model, quantization="int8", representative_data=x[:300], recurrent="fused"
+            )
             check(model, blob, xt, yt, row)
         elif tech == "qat":
             qat = fit(tfc.quantization.quantize_model(model), x, y, epochs(3), 1e-4)
@@ -425,6 +432,8 @@ def run_model(name, techniques, epochs, tfmot):
     anchor = tfmot_anchor(name) if tfmot else {}
     rows = []
     for tech in techniques:
+        if tech == "int8 fused" and name not in RECURRENT:
+            continue  # no recurrent layer to fuse
         try:
             row = technique(name, tech, model, train, test)
         except Exception as e:  # a failure is a result of this benchmark
@@ -460,7 +469,7 @@ def table(rows):
             continue
         if r["technique"] == "int16x8":  # int16 activations by design: name float ops only
             int8 = f"int16 ({', '.join(r['float_ops'])} float)" if r["float_ops"] else "int16"
-        elif r["technique"] not in ("int8 ptq", "int8 ptq mse", "qat"):
+        elif r["technique"] not in ("int8 ptq", "int8 ptq mse", "int8 fused", "qat"):
             int8 = "-"  # a float (or dynamic-range) file by design
         else:
             int8 = "yes" if r["fully_int8"] else f"no ({', '.join(r['float_ops'])})"

@@ -184,6 +184,31 @@ def set_per_channel_dense_quantization(converter, enabled):
         )
 
 
+def calibrate_then_quantize(converter, fix):
+    """Full-integer conversion with a correction of the calibrated ranges.
+
+    Runs the converter's calibration only (a private flag), lets
+    `fix(model, schema)` edit the calibrated flatbuffer (`ModelT`) in place,
+    then quantizes it with the converter's own MLIR quantizer and settings.
+    """
+    import flatbuffers
+    from tensorflow.lite.python import convert as tflite_convert
+
+    converter._experimental_calibrate_only = True
+    schema = tflite_schema()
+    model = schema.ModelT.InitFromPackedBuf(bytes(converter.convert()), 0)
+    fix(model, schema)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(tflite_convert.mlir_quantize(
+        bytes(builder.Output()),
+        disable_per_channel=getattr(converter, _PER_CHANNEL_FLAG, False),
+        input_data_type=converter.inference_input_type or tf.float32,
+        output_data_type=converter.inference_output_type or tf.float32,
+        disable_per_channel_for_dense_layers=getattr(converter, _PER_CHANNEL_DENSE_FLAG, False),
+    ))
+
+
 def tflite_schema():
     """The TFLite flatbuffer schema module (`schema_py_generated`).
 

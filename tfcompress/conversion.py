@@ -7,6 +7,8 @@ start from the float file made here.
 
 import contextlib
 import functools
+import uuid
+import warnings
 
 import keras
 import numpy as np
@@ -55,11 +57,13 @@ def input_spec(model, representative_data=None):
     return tf.TensorSpec((None,) + tuple(shape[1:]), dtype=dtype)
 
 
-def convert(model, spec, configure=None):
+def convert(model, spec, configure=None, recurrent="unrolled"):
     """`model` as TFLite bytes, through a temporary SavedModel of one `serve` endpoint.
 
     `configure(converter)` may set the converter's quantization options
     (`tfcompress.export.to_tflite` does); without it the file is float.
+    `recurrent="fused"` traces the LSTM layers TFLite can fuse as its
+    UNIDIRECTIONAL_SEQUENCE_LSTM op (`fused_lstms`), the others unrolled.
 
     Going through Keras' own ExportArchive freezes the Keras 3 variables into
     constants for every model kind (a bare concrete function leaves them as
@@ -68,7 +72,8 @@ def convert(model, spec, configure=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
     with _tempfiles.temporary_directory("tfc-export-") as saved_model:
-        with float32_compute(model), unrolled_recurrence(model), \
+        fused = fused_lstms(model) if recurrent == "fused" else contextlib.nullcontext()
+        with float32_compute(model), fused, unrolled_recurrence(model), \
                 integer_friendly_layer_norm(model), export_trace():
             archive.add_endpoint(
                 "serve", lambda x: model(x, training=False), input_signature=[spec]
@@ -77,6 +82,8 @@ def convert(model, spec, configure=None):
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         if configure is not None:
             configure(converter)
+        if recurrent == "fused" and converter.representative_dataset is not None:
+            return _compat.calibrate_then_quantize(converter, _bound_lstm_outputs)
         return bytes(converter.convert())
 
 
@@ -117,6 +124,117 @@ def unrolled_recurrence(model):
     finally:
         for layer, unroll in saved:
             layer.unroll = unroll
+
+
+def _fusable(layer):
+    """Why TFLite's fused LSTM op cannot run `layer` ("" when it can)."""
+    cell = layer.cell
+    if layer.stateful or layer.return_state:
+        return "stateful or return_state"
+    if cell.activation is not keras.activations.tanh:
+        return f"activation {cell.activation.__name__}"
+    if cell.recurrent_activation is not keras.activations.sigmoid:
+        return f"recurrent_activation {cell.recurrent_activation.__name__}"
+    return ""
+
+
+@contextlib.contextmanager
+def fused_lstms(model):
+    """Traces each plain `keras.layers.LSTM` as one call TFLite fuses.
+
+    The converter replaces a function marked the way Keras 2's LSTM marked
+    its own (`api_implements="lstm_..."`, `time_major`, `go_backwards`)
+    with one UNIDIRECTIONAL_SEQUENCE_LSTM op, which int8 quantization turns
+    into TFLite's integer LSTM kernel (int8 gates, 16-bit cell state). The
+    converter fuses only inputs of a fixed batch size, and the op keeps its
+    hidden and cell state in variable tensors between invocations: reset
+    them before each sequence (`LiteModel` does). Other recurrent layers, an
+    LSTM called with a mask or an initial state, and LSTMs of other
+    activations stay unrolled (named in a warning).
+    """
+    lstms = [layer for layer in recurrent_layers(model) if type(layer) is keras.layers.LSTM]
+    refused = {layer.name: _fusable(layer) for layer in lstms if _fusable(layer)}
+    fused = [layer for layer in lstms if layer.name not in refused]
+    others = [
+        layer.name for layer in recurrent_layers(model)
+        if type(layer) is not keras.layers.LSTM or layer.name in refused
+    ]
+    if others:
+        warnings.warn(
+            "recurrent='fused': TFLite fuses plain LSTM layers only; these recurrent layers "
+            f"are unrolled: {others} ({refused or 'not LSTM'})",
+            stacklevel=5,
+        )
+    for layer in fused:
+        layer.call = functools.partial(_fused_lstm_call, layer, _fused_lstm_function())
+    try:
+        yield
+    finally:
+        for layer in fused:
+            del layer.call
+
+
+def _fused_lstm_function():
+    # One marked function per layer: the converter fuses each on its own.
+    return tf.function(
+        _lstm_steps,
+        autograph=False,
+        experimental_attributes={
+            "api_implements": f"lstm_{uuid.uuid4()}",
+            "api_preferred_device": "CPU",
+            "time_major": False,
+            "go_backwards": False,
+        },
+    )
+
+
+def _lstm_steps(inputs, init_h, init_c, kernel, recurrent_kernel, bias):
+    # The converter reads the arguments and the 5 results in this order
+    # (Keras 2's `standard_lstm`); the body is what TensorFlow runs.
+    h, c, outputs = init_h, init_c, []
+    for step in range(inputs.shape[1]):
+        z = tf.matmul(inputs[:, step], kernel) + tf.matmul(h, recurrent_kernel) + bias
+        i, f, g, o = tf.split(z, 4, axis=1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        outputs.append(h)
+    return h, tf.stack(outputs, axis=1), h, c, tf.constant(0.0)
+
+
+def _bound_lstm_outputs(model, schema):
+    """Clamps the calibrated range of each fused LSTM's output to [-1, 1].
+
+    An LSTM's output `o * tanh(c)` lies in (-1, 1), but TFLite's calibrator
+    logs it after the whole invocation: an ADD that reused its buffer in place
+    (a residual or a `Bidirectional(merge_mode="sum")`) leaves its own range
+    there, and the integer LSTM then runs on a shifted scale (agreement 44-71%
+    on digits models measured before this clamp, 96-99% after).
+    """
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        stats = graph.tensors[op.outputs[0]].quantization
+        if builtin == schema.BuiltinOperator.UNIDIRECTIONAL_SEQUENCE_LSTM and stats is not None \
+                and stats.min is not None and stats.max is not None:
+            stats.min = [max(float(v), -1.0) for v in stats.min]
+            stats.max = [min(float(v), 1.0) for v in stats.max]
+
+
+def _fused_lstm_call(layer, function, sequences, initial_state=None, mask=None, training=False):
+    if initial_state is not None or mask is not None or sequences.shape[1] is None:
+        return keras.layers.LSTM.call(layer, sequences, initial_state, mask, training)
+    cell = layer.cell
+    x = tf.cast(sequences, "float32")
+    if layer.go_backwards:
+        x = tf.reverse(x, axis=[1])
+    zeros = tf.zeros((tf.shape(x)[0], cell.units))
+    bias = cell.bias if cell.use_bias else tf.zeros((4 * cell.units,))
+    last, outputs, _, _, _ = function(
+        x, zeros, zeros, tf.convert_to_tensor(cell.kernel),
+        tf.convert_to_tensor(cell.recurrent_kernel), tf.convert_to_tensor(bias),
+    )
+    return outputs if layer.return_sequences else last
 
 
 @contextlib.contextmanager

@@ -159,6 +159,7 @@ def to_tflite(
     recipe=None,
     max_accuracy_drop=None,
     eval_data=None,
+    recurrent="unrolled",
 ):
     """Converts a Keras 3 model to a TFLite flatbuffer, optionally quantized.
 
@@ -218,6 +219,19 @@ def to_tflite(
             details: the layers kept, the accuracies and the files evaluated).
             Made by the AI Edge Quantizer, calibrated on `eval_data`.
         eval_data: `(x, y)` test data for `max_accuracy_drop`.
+        recurrent: how recurrent layers become TFLite ops. `"unrolled"`: one
+            set of FULLY_CONNECTED/ADD/MUL/LOGISTIC/TANH ops per time step;
+            the file runs any batch size and keeps no state. `"fused"`: each
+            plain `LSTM` (Bidirectional halves included) becomes TFLite's
+            UNIDIRECTIONAL_SEQUENCE_LSTM op, which `"int8"` runs as the
+            integer LSTM kernel (int8 gates, 16-bit cell state: closer to
+            float than unrolled int8, BENCHMARKS.md). The converter fuses a
+            fixed batch only: the file takes one sequence per invocation, and
+            the op keeps its state between invocations, so call
+            `interpreter.reset_all_variables()` before each sequence
+            (`LiteModel` does). GRU, SimpleRNN and other LSTMs stay unrolled,
+            named in a warning. With None, `"float16"` and the converter's
+            `"int8"` only.
 
     Returns:
         The TFLite flatbuffer as `bytes`.
@@ -247,6 +261,20 @@ def to_tflite(
         raise ValueError(
             f"`calibration` must be one of {CALIBRATIONS}. Received: calibration={calibration!r}"
         )
+    if recurrent not in ("unrolled", "fused"):
+        raise ValueError(
+            f"`recurrent` must be 'unrolled' or 'fused'. Received: recurrent={recurrent!r}"
+        )
+    if recurrent == "fused":
+        if (quantization not in (None, "float16", "int8") or recipe is not None
+                or calibration != "converter" or max_accuracy_drop is not None):
+            raise ValueError(
+                "`recurrent='fused'` goes with quantization None, 'float16' or 'int8' (the "
+                "converter's calibration, no recipe, no max_accuracy_drop; with 'dynamic' the "
+                "converter leaves the fused LSTM's weights float). Received: "
+                f"quantization={quantization!r}, calibration={calibration!r}, recipe={recipe!r}"
+            )
+        spec = tf.TensorSpec((1, *spec.shape[1:]), spec.dtype)
     if per_tensor not in (True, False) or (per_tensor and (
         quantization != "int8" or qat or per_channel_dense or calibration != "converter"
     )):
@@ -312,6 +340,7 @@ def to_tflite(
             converter, quantization, representative_data, int8_io, qat, per_channel_dense,
             spec.dtype.as_numpy_dtype, per_tensor,
         ),
+        recurrent,
     )
     float_ops = LiteModel(blob).float_ops() if quantization == "int8" else set()
     if float_ops and not int8_io:

@@ -22,6 +22,7 @@ _schema = _compat.tflite_schema()
 
 # Ops that only move data in or out of the int8 domain at the edges of a model.
 _BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+_LSTM_OPS = frozenset({"LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM"})
 _FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
 _BITS = {"INT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16, "FLOAT16": 16, "BFLOAT16": 16,
          "INT32": 32, "FLOAT32": 32, "INT64": 64, "FLOAT64": 64}
@@ -105,6 +106,7 @@ class LiteModel:
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"`model` could not be loaded: {e}. Received: model={source!r}") from e
         self._shape = None
+        self._stateful = any(t.isVariable for t in self._flat.subgraphs[0].tensors)
 
     @property
     def size(self):
@@ -164,12 +166,21 @@ class LiteModel:
         }
 
     def wide_int_ops(self):
-        """Compute ops that read or write an int16 tensor (int16x8 activations)."""
+        """Compute ops that read or write an int16 tensor (int16x8 activations).
+
+        TFLite's integer LSTM keeps its cell state in int16 by design: an LSTM
+        op between int8 inputs and outputs counts as int8.
+        """
+        def int8_lstm(name, tensors):
+            ends = (tensors[0], tensors[-1])  # the op's first input and its output
+            return name in _LSTM_OPS and all(_TYPE_NAMES.get(t.type) == "INT8" for t in ends)
+
         return {
             name
             for name, tensors in self._op_tensors()
             if name not in _BOUNDARY_OPS
             and any(_TYPE_NAMES.get(t.type) == "INT16" for t in tensors)
+            and not int8_lstm(name, tensors)
         }
 
     def is_fully_int8(self):
@@ -264,6 +275,9 @@ class LiteModel:
         else:
             x = x.astype(inp["dtype"])
         self._interpreter.set_tensor(inp["index"], x)
+        if self._stateful:
+            # A fused LSTM keeps its state in variable tensors: each batch starts from zero.
+            self._interpreter.reset_all_variables()
         self._interpreter.invoke()
         y = self._interpreter.get_tensor(out["index"])
         scale, zero = out["quantization"]
@@ -276,11 +290,17 @@ class LiteModel:
         x = self._check_input(x)
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+        fixed = int(self.input_details["shape_signature"][0])
+        if fixed > 0:  # a file made for one batch size (a fused LSTM): pad the last batch
+            batch_size = fixed
         outputs = []
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
+            count = len(chunk)
+            if fixed > 0 and count < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - count, *x.shape[1:]), x.dtype)])
             self._resize(chunk.shape)
-            outputs.append(self._run(chunk))
+            outputs.append(self._run(chunk)[:count])
         return np.concatenate(outputs)
 
     def evaluate(self, x, y, batch_size=32):
