@@ -31,7 +31,8 @@ def _run(*args):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "technique", ["pruning", "qat", "clustering", "rbm_cd", "rbm_pcd", "distiller"]
+    # rbm_pcd resumes what rbm_cd would (weights, optimizer, step) and the persistent chain.
+    "technique", ["pruning", "qat", "clustering", "rbm_pcd", "distiller"]
 )
 def test_killed_fit_resumes_to_the_uninterrupted_weights(technique, tmp_path):
     backup, out = tmp_path / "backup", tmp_path / "weights.npz"
