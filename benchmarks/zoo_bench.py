@@ -228,6 +228,11 @@ def check(keras_model, blob, xt, yt, row):
     return row
 
 
+def applies(name, tech):
+    """Whether `tech` means anything for model `name` (`int8 fused`: recurrent nets only)."""
+    return tech != "int8 fused" or name in RECURRENT
+
+
 def technique(name, tech, model, train, test, quick=False):
     """One row: `tech` applied to the trained `model`, fine-tuned, exported and checked.
 
@@ -432,8 +437,8 @@ def run_model(name, techniques, epochs, tfmot):
     anchor = tfmot_anchor(name) if tfmot else {}
     rows = []
     for tech in techniques:
-        if tech == "int8 fused" and name not in RECURRENT:
-            continue  # no recurrent layer to fuse
+        if not applies(name, tech):
+            continue
         try:
             row = technique(name, tech, model, train, test)
         except Exception as e:  # a failure is a result of this benchmark

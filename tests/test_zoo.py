@@ -70,7 +70,7 @@ def _run(name, epochs=None, techniques=zoo_bench.TECHNIQUES):
     assert float_acc > 0.5, f"{name} did not train: accuracy {float_acc}"
     misses = []
     for tech in techniques:
-        if tech == "int8 fused" and name not in zoo_bench.RECURRENT:
+        if not zoo_bench.applies(name, tech):
             continue
         try:
             row = zoo_bench.technique(name, tech, model, train, test, quick=True)

@@ -209,6 +209,13 @@ def calibrate_then_quantize(converter, fix):
     ))
 
 
+def builtin_code(model, op):
+    """The builtin operator code of `op` in a TFLite `ModelT` (files of old
+    converters keep codes under 127 in the deprecated field)."""
+    code = model.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
 def tflite_schema():
     """The TFLite flatbuffer schema module (`schema_py_generated`).
 

@@ -148,21 +148,21 @@ def fused_lstms(model):
     into TFLite's integer LSTM kernel (int8 gates, 16-bit cell state). The
     converter fuses only inputs of a fixed batch size, and the op keeps its
     hidden and cell state in variable tensors between invocations: reset
-    them before each sequence (`LiteModel` does). Other recurrent layers, an
-    LSTM called with a mask or an initial state, and LSTMs of other
-    activations stay unrolled (named in a warning).
+    them before each sequence (`LiteModel` does). Other recurrent layers and
+    LSTMs of other activations stay unrolled (named in a warning); an LSTM
+    called with a mask or an initial state is unrolled at its call.
     """
-    lstms = [layer for layer in recurrent_layers(model) if type(layer) is keras.layers.LSTM]
-    refused = {layer.name: _fusable(layer) for layer in lstms if _fusable(layer)}
-    fused = [layer for layer in lstms if layer.name not in refused]
-    others = [
-        layer.name for layer in recurrent_layers(model)
-        if type(layer) is not keras.layers.LSTM or layer.name in refused
-    ]
-    if others:
+    fused, refused = [], {}
+    for layer in recurrent_layers(model):
+        why = _fusable(layer) if type(layer) is keras.layers.LSTM else "not LSTM"
+        if why:
+            refused[layer.name] = why
+        else:
+            fused.append(layer)
+    if refused:
         warnings.warn(
             "recurrent='fused': TFLite fuses plain LSTM layers only; these recurrent layers "
-            f"are unrolled: {others} ({refused or 'not LSTM'})",
+            f"are unrolled: {list(refused)} ({refused})",
             stacklevel=5,
         )
     for layer in fused:
@@ -207,16 +207,14 @@ def _bound_lstm_outputs(model, schema):
     An LSTM's output `o * tanh(c)` lies in (-1, 1), but TFLite's calibrator
     logs it after the whole invocation: an ADD that reused its buffer in place
     (a residual or a `Bidirectional(merge_mode="sum")`) leaves its own range
-    there, and the integer LSTM then runs on a shifted scale (agreement 44-71%
-    on digits models measured before this clamp, 96-99% after).
+    there, and the integer LSTM then runs on a shifted scale (agreement 44-81%
+    on digits models measured before this clamp, 95-99.7% after).
     """
-    graph = model.subgraphs[0]
+    graph, lstm_code = model.subgraphs[0], schema.BuiltinOperator.UNIDIRECTIONAL_SEQUENCE_LSTM
     for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         stats = graph.tensors[op.outputs[0]].quantization
-        if builtin == schema.BuiltinOperator.UNIDIRECTIONAL_SEQUENCE_LSTM and stats is not None \
-                and stats.min is not None and stats.max is not None:
+        lstm = _compat.builtin_code(model, op) == lstm_code
+        if lstm and stats is not None and stats.min is not None and stats.max is not None:
             stats.min = [max(float(v), -1.0) for v in stats.min]
             stats.max = [min(float(v), 1.0) for v in stats.max]
 

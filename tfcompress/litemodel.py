@@ -124,10 +124,10 @@ class LiteModel:
     def _op_tensors(self):
         graph = self._flat.subgraphs[0]
         for op in graph.operators:
-            code = self._flat.operatorCodes[op.opcodeIndex]
-            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+            builtin = _compat.builtin_code(self._flat, op)
             name = _OP_NAMES.get(builtin, str(builtin))
             if name == "CUSTOM":
+                code = self._flat.operatorCodes[op.opcodeIndex]
                 name = code.customCode.decode() if code.customCode else "CUSTOM"
             idx = [int(i) for i in list(op.inputs) + list(op.outputs) if i >= 0]
             yield name, [graph.tensors[i] for i in idx]
@@ -142,8 +142,7 @@ class LiteModel:
         graph = self._flat.subgraphs[0]
         table = []
         for op in graph.operators:
-            code = self._flat.operatorCodes[op.opcodeIndex]
-            name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+            name = _OP_NAMES.get(_compat.builtin_code(self._flat, op), "CUSTOM")
             tensor_name = lambda i: _name(graph.tensors[i])  # noqa: E731
             table.append({
                 "op": name,
