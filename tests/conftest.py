@@ -4,6 +4,7 @@ The CPU is split into two logical devices before TensorFlow initialises, so
 every MirroredStrategy test runs on a plain 2-core CI machine.
 """
 
+import collections
 import json
 import os
 import subprocess
@@ -130,9 +131,16 @@ def pytest_collection_modifyitems(config, items):
         (deselected if full else kept).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-    # The zoo tests take minutes each: start them first, so that under `-n 2` one
-    # worker runs them while the other runs the rest, instead of running them alone last.
-    items[:] = sorted(kept, key=lambda item: item.get_closest_marker("zoo") is None)
+    # `-n 2` hands out whole modules (`--dist loadscope` in pytest.ini: a module's fixtures
+    # are built once), in this order: the zoo, then the modules with the most slow tests, so
+    # that the last ones to run are short and neither worker waits long for the other.
+    slow = collections.Counter(
+        item.module.__name__ for item in kept if item.get_closest_marker("slow")
+    )
+    items[:] = sorted(
+        kept,
+        key=lambda item: (item.get_closest_marker("zoo") is None, -slow[item.module.__name__]),
+    )
 
 
 def cli_exit_code(argv):

@@ -73,6 +73,7 @@ def test_mse_range_is_the_brute_force_optimum_on_a_heavy_tail():
     assert _mse(values, lo, hi) < _mse(values, values.min(), values.max())
 
 
+@pytest.mark.slow
 def test_calibrated_model_is_its_int8_file(digits_image):
     (x, y), (xt, yt) = digits_image
     model = _cnn()

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from conftest import compile_classifier as _compile
-from conftest import run_reference, small_mlp
+from conftest import small_mlp
 from sklearn.cluster import KMeans
 
 import tfcompress as tfc
@@ -288,37 +288,6 @@ def test_under_mirrored_strategy(mirrored, digits):
 
 
 # ---------------------------------------------------------------- saving and export
-
-
-def test_keras_files_reload_in_a_fresh_process(digits, tmp_path):
-    """Clustered, stripped and PCA models reload after `import tfcompress` alone."""
-    (x, y), (xt, _) = digits
-    clustered = _compile(cluster_weights(small_mlp(hidden=(16,)), 4, preserve_sparsity=True))
-    clustered.fit(x[:256], y[:256], epochs=1, verbose=0)
-    config = clustered.layers[0].get_config()
-    rebuilt = ClusterWeights.from_config(config)
-    assert rebuilt.number_of_clusters == 4 and rebuilt.preserve_sparsity
-    pca = tfc.factorization.PCA(0.8, whiten=True)
-    pca.adapt(x)
-    reduced = keras.Sequential([keras.Input((64,)), pca, keras.layers.Dense(10)])
-    models = {"clustered": clustered, "stripped": strip_clustering(clustered), "pca": reduced}
-    for name, model in models.items():
-        model.save(tmp_path / f"{name}.keras")
-    np.save(tmp_path / "x.npy", xt[:10])
-    got = run_reference(
-        f"""
-        import json, numpy as np, keras
-        import tfcompress
-        x = np.load({str(tmp_path / 'x.npy')!r})
-        load = lambda name: keras.models.load_model(f"{tmp_path}/{{name}}.keras")
-        print(json.dumps({{
-            name: load(name).predict(x, verbose=0).tolist() for name in {list(models)!r}
-        }}))
-        """
-    )
-    for name, model in models.items():
-        np.testing.assert_allclose(np.asarray(got[name]), model.predict(xt[:10], verbose=0),
-                                   atol=1e-5, err_msg=name)
 
 
 def _int8_weights(blob):

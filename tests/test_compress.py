@@ -45,6 +45,7 @@ def files(mlp, digits, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_clustered_model_fine_tunes_onto_the_int4_grid(mlp, digits):
     (x, y), (xt, yt) = digits
     result = tfc.compress(mlp, (x, y), (xt, yt), cluster=16, qat_epochs=1, epochs=1,
@@ -83,6 +84,7 @@ def test_python_api_prunes_quantizes_checks_and_keeps_the_baseline(mlp, digits, 
     assert (tmp_path / "m.sparsity.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_train_as_dataset_or_generator_gives_the_same_file(mlp, digits):
     (x, y), _ = digits
     x, y = x[:256], y[:256]

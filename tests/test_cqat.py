@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from conftest import run_reference, small_mlp
+from conftest import small_mlp
 
 import tfcompress as tfc
 from tfcompress.clustering import cluster_weights, strip_clustering
@@ -142,6 +142,7 @@ def test_pruned_and_clustered_zeros_stay_exactly_zero(digits):
         assert len(np.unique(w)) <= 8
 
 
+@pytest.mark.slow
 def test_accuracy_of_clustered_digits_mlp_is_kept(digits):
     (x, y), (xt, yt) = digits
     final = clustered_mlp(x, y, 16, hidden=(64,), epochs=20)
@@ -164,28 +165,6 @@ class Net(keras.Model):
 
     def call(self, x):
         return self.head(self.first(x))
-
-
-def test_keras_round_trip_in_fresh_process(digits, tmp_path):
-    (x, y), (xt, _) = digits
-    final = clustered_mlp(x, y, 5, epochs=1)
-    qat = compile_fit(quantize_model(final, preserve_clusters=True), x[:256], y[:256])
-    path = tmp_path / "cqat.keras"
-    qat.save(path)
-    np.save(tmp_path / "x.npy", xt[:50])
-    result = run_reference(
-        f"""
-        import json, numpy as np, keras
-        import tfcompress
-        model = keras.saving.load_model({str(path)!r})
-        out = model.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0)
-        counts = [len(np.unique(layer.float_kernels()[0].numpy())) for layer in model.layers
-                  if getattr(layer, "kernel_centroids", None)]
-        print(json.dumps({{"out": out.tolist(), "counts": counts}}))
-        """
-    )
-    np.testing.assert_allclose(np.array(result["out"]), qat.predict(xt[:50], verbose=0), atol=1e-6)
-    assert len(result["counts"]) == 2 and all(c <= 5 for c in result["counts"])
 
 
 def test_subclassed_model_round_trip(digits, tmp_path):
@@ -284,6 +263,7 @@ def cluster_by_hand(model, k):
             var.assign(view.reshape(w.shape))
 
 
+@pytest.mark.slow
 def test_every_layer_kind_keeps_per_channel_count_through_folding(digits_image):
     (x, y), _ = digits_image
     keras.utils.set_random_seed(0)

@@ -1,9 +1,10 @@
 """SIGKILL mid-fit, restart: the resumed run ends with the same weights as one never interrupted.
 
 Each technique trains in a subprocess (tests/_crash_worker.py) under
-`keras.callbacks.BackupAndRestore`; the first run kills itself in the middle
-of epoch 3, the second resumes from the backup and, in the same process, the
-same training also runs uninterrupted from scratch for comparison.
+`keras.callbacks.BackupAndRestore`: one run kills itself in the middle of
+epoch 3, the next resumes from the backup and, in the same process, the same
+training also runs uninterrupted from scratch for comparison. The runs are
+chained (the process that resumes one technique is then killed in the next).
 """
 
 import os
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 
 WORKER = pathlib.Path(__file__).with_name("_crash_worker.py")
+# rbm_pcd resumes what rbm_cd would (weights, optimizer, step) and the persistent chain.
+TECHNIQUES = ["pruning", "qat", "clustering", "rbm_pcd", "distiller"]
 
 
 def _run(*args):
@@ -30,20 +33,30 @@ def _run(*args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    # rbm_pcd resumes what rbm_cd would (weights, optimizer, step) and the persistent chain.
-    "technique", ["pruning", "qat", "clustering", "rbm_pcd", "distiller"]
-)
-def test_killed_fit_resumes_to_the_uninterrupted_weights(technique, tmp_path):
-    backup, out = tmp_path / "backup", tmp_path / "weights.npz"
-    killed = _run(technique, backup, out, "--kill")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert not out.exists() and any(backup.iterdir())  # died midway, with a backup on disk
-    resumed = _run(technique, backup, out)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    weights = np.load(out)
-    count = len(weights.files) // 2
-    assert count >= 2
+def test_killed_fits_resume_to_the_uninterrupted_weights(tmp_path):
+    previous = None
+    for technique in TECHNIQUES + [None]:
+        args = [tmp_path]
+        args += ["--resume", previous] if previous else []
+        args += ["--kill", technique] if technique else []
+        run = _run(*args)
+        if technique:
+            assert run.returncode == -signal.SIGKILL, (technique, run.stderr[-2000:])
+            # died midway, with a backup on disk
+            assert not (tmp_path / f"{technique}.npz").exists()
+            assert any((tmp_path / technique).iterdir()), technique
+        else:
+            assert run.returncode == 0, (previous, run.stderr[-2000:])
+        if previous:
+            _check_resumed(previous, np.load(tmp_path / f"{previous}.npz"))
+        previous = technique
+
+
+def _check_resumed(technique, weights):
+    # Killed in epoch 2 (of 0-3): the backup of epoch 1's end restarts it at epoch 2.
+    assert weights["epochs"].tolist() == [2, 3], technique
+    count = (len(weights.files) - 1) // 2
+    assert count >= 2, technique
     for i in range(count):
         np.testing.assert_allclose(
             weights[f"resumed_{i}"],

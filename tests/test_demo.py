@@ -6,6 +6,8 @@ import pytest
 from tfcompress import demo
 from tfcompress.export import LiteModel
 
+pytestmark = pytest.mark.slow  # the whole demo, about 2 minutes
+
 
 @pytest.fixture(scope="module")
 def full_demo(tmp_path_factory):

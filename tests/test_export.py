@@ -73,6 +73,7 @@ def test_float_file_matches_keras(make, digits):
     assert not lite.is_fully_int8()
 
 
+@pytest.mark.slow
 def test_int8_file_is_fully_int8_small_and_accurate(mlp, mlp_files, digits):
     _, (xt, yt) = digits
     lite = tfc.export.LiteModel(mlp_files["int8"])
@@ -179,6 +180,7 @@ tfc.export.to_tflite(model, sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_files_of_a_killed_export_are_swept_by_the_next(mlp, tmp_path, monkeypatch):
     scratch, out = tmp_path / "tmp", tmp_path / "out"
     # Each killed export gets a scratch and an output folder the other does not sweep
@@ -274,6 +276,7 @@ def test_evaluate_needs_one_label_per_sample(mlp_files, digits):
         lite.evaluate(xt, yt[:1])  # used to broadcast into a meaningless accuracy
 
 
+@pytest.mark.slow
 def test_per_channel_dense_is_an_opt_in(mlp, mlp_files, digits):
     (x, _), (xt, yt) = digits
     per_channel = tfc.export.to_tflite(mlp, quantization="int8", representative_data=x[:200],

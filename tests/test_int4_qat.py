@@ -170,6 +170,7 @@ def test_int4_qat_reaches_inside_custom_layers_and_reloads(digits, tmp_path, kin
     assert np.mean(lite.predict(xt).argmax(1) == expected.argmax(1)) >= 0.99
 
 
+@pytest.mark.slow
 def test_sixteen_clusters_fine_tuned_onto_the_int4_grid(digits):
     # k-means centroids are not on the int4 grid: rounding them there (what the file
     # does to a clustered model) cost up to 1.1 points in benchmarks/quant_bench.py;

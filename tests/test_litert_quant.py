@@ -38,6 +38,7 @@ def files(mlp, digits):
     }
 
 
+@pytest.mark.slow
 def test_int4_file_is_smaller_and_as_accurate(mlp, files, digits):
     _, (xt, yt) = digits
     float_acc = np.mean(mlp.predict(xt, verbose=0).argmax(-1) == yt)
@@ -113,6 +114,7 @@ def test_qat_model_refuses_file_level_modes(digits):
         tfc.export.to_tflite(qat, quantization="int4")
 
 
+@pytest.mark.slow
 def test_cli_export_and_compress_take_int4_and_int16x8(mlp, digits, tmp_path):
     (x, y), (xt, yt) = digits
     mlp.save(tmp_path / "mlp.keras")
@@ -135,6 +137,7 @@ def small(digits):
     return _trained_mlp(digits, (64, 32), 10)
 
 
+@pytest.mark.slow
 def test_sensitivity_ranks_the_layer_that_int4_hurts_first(small, digits, tmp_path):
     _, (xt, yt) = digits
     report = tfc.quantization.sensitivity(small, xt, yt, quantization="int4")
@@ -245,6 +248,7 @@ def _skewed_depthwise_cnn(digits_image):
     return model
 
 
+@pytest.mark.slow
 def test_per_tensor_int8_and_its_accuracy_bound(digits_image):
     (x, _), (xt, yt) = digits_image
     model = _skewed_depthwise_cnn(digits_image)

@@ -9,6 +9,7 @@ import time
 
 import keras
 import numpy as np
+import pytest
 from conftest import small_mlp
 
 import tfcompress as tfc
@@ -76,6 +77,7 @@ def _tail(workdir, n=2):
     )
 
 
+@pytest.mark.slow
 def test_two_workers_distil_identically(tmp_path, digits):
     (x, y), (x_te, _) = digits
     scce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

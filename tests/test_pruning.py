@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_reference, small_mlp
+from conftest import small_mlp
 
 import tfcompress as tfc
 from tfcompress import pruning
@@ -315,48 +315,6 @@ def test_custom_training_loop_recipe(recipe, digits):
             pm.update_masks(bad)
 
 
-def test_keras_round_trip_and_resume_in_fresh_process(tmp_path, digits):
-    (x, y), _ = digits
-    model = small_mlp(hidden=(32,))
-    schedule = PolynomialDecay(0.0, 0.9, begin_step=0, end_step=40, frequency=4)
-    pm = pruning.prune_low_magnitude(model, pruning_schedule=schedule)
-    pm.compile("adam", LOSS, metrics=["accuracy"])
-    pm.fit(x[:320], y[:320], epochs=1, batch_size=16, verbose=0)  # 20 steps: mid-schedule
-    path = str(tmp_path / "mid.keras")
-    pm.save(path)
-    np.save(tmp_path / "masks.npy", np.stack([m.numpy().ravel() for m in pm.masks[:1]]))
-    np.save(tmp_path / "x.npy", x[:320])
-    np.save(tmp_path / "y.npy", y[:320])
-    out = run_reference(
-        f"""
-        import json, numpy as np, keras
-        import tfcompress
-        pm = keras.saving.load_model({path!r})
-        saved = np.load({str(tmp_path / "masks.npy")!r})[0]
-        first = dict(kind=type(pm).__name__, step=int(pm.pruning_step.numpy()),
-                     iterations=int(pm.optimizer.iterations.numpy()),
-                     same_mask=bool(np.array_equal(pm.masks[0].numpy().ravel(), saved)))
-        old_zero = pm.pruned_weights[0].numpy() == 0
-        x, y = np.load({str(tmp_path / "x.npy")!r}), np.load({str(tmp_path / "y.npy")!r})
-        pm.fit(x, y, epochs=1, batch_size=16, verbose=0)  # steps 20..39, then the update at 40
-        w = pm.pruned_weights[0].numpy()
-        first.update(final_step=int(pm.pruning_step.numpy()), zeros=int((w == 0).sum()),
-                     size=int(w.size), kept_old_zeros=bool((w[old_zero] == 0).all()),
-                     constrained=type(pm.pruned_weights[0].constraint).__name__)
-        print(json.dumps(first))
-        """
-    )
-    # The update due at step 20 ran when the first fit ended.
-    assert out["kind"] == "PrunedModel" and out["step"] == 20 and out["iterations"] == 20
-    assert out["same_mask"] and out["kept_old_zeros"]
-    assert out["final_step"] == 40 and out["constrained"] == "_MaskConstraint"
-    assert out["zeros"] == _expected_zero_count(out["size"], 0.9)
-    reloaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(
-        reloaded.predict(x[:20], verbose=0), pm.predict(x[:20], verbose=0), atol=1e-6
-    )
-
-
 def _zero_counts(pm):
     return [int(_zeros(v).sum()) for v in pm.pruned_weights]
 
@@ -613,6 +571,7 @@ def test_mirrored_strategy_parity(mirrored, digits):
         assert (m == 0).any()
 
 
+@pytest.mark.slow
 def test_mirrored_step_matches_single_device(mirrored, digits):
     (x, y), _ = digits
     schedule = PolynomialDecay(0.0, 0.7, begin_step=2, end_step=30, frequency=3)

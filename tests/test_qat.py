@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from conftest import run_reference, small_mlp
+from conftest import small_mlp
 from test_quantizers import numpy_fake_quant
 
 import tfcompress as tfc
@@ -87,6 +87,7 @@ def test_qat_of_sequential_takes_a_plain_tensor_without_warnings():
         np.testing.assert_allclose(qat(x).numpy(), qat.predict(x, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cnn_with_batchnorm_folds_fuses_and_agrees(digits_image):
     (x, y), (x_test, _) = digits_image
     model = compile_fit(cnn(), x, y, epochs=3)
@@ -445,27 +446,6 @@ def test_sub_model_configs_and_masks_survive_reload(digits, tmp_path):
     np.testing.assert_array_equal(mask, w != 0)
 
 
-def test_keras_round_trip_in_fresh_process(float_mlp, digits, tmp_path):
-    (x, y), (x_test, _) = digits
-    qat = compile_fit(quantize_model(float_mlp), x, y, epochs=1)
-    path = tmp_path / "qat.keras"
-    qat.save(path)
-    np.save(tmp_path / "x.npy", x_test[:50])
-    expected = qat.predict(x_test[:50], verbose=0)
-    result = run_reference(
-        f"""
-        import json, numpy as np, keras
-        import tfcompress
-        model = keras.saving.load_model({str(path)!r})
-        out = model.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0)
-        names = [type(layer).__name__ for layer in model.layers]
-        print(json.dumps({{"out": out.tolist(), "layers": names}}))
-        """
-    )
-    np.testing.assert_allclose(np.array(result["out"]), expected, atol=1e-6)
-    assert result["layers"].count("QuantizeWrapper") == 2
-
-
 def test_mirrored_strategy_parity(mirrored, digits):
     (x, y), _ = digits
     x, y = x[:256], y[:256]
@@ -644,6 +624,7 @@ def test_bad_models():
         tfc.quantization.fold_batch_norm(np.ones((2, 4)), None, bn)
 
 
+@pytest.mark.slow
 def test_standalone_affine_layers_run_as_int8_mul_and_add(digits_image):
     # EfficientNet's input Rescaling/Normalization, DenseNet's BN-ReLU after a
     # Concatenate, ResNetV2's BN after an Add: none has a kernel to fold into.
@@ -682,6 +663,7 @@ def test_standalone_affine_layers_run_as_int8_mul_and_add(digits_image):
     assert agree >= 0.97
 
 
+@pytest.mark.slow
 def test_concatenate_inputs_take_its_range_as_tflite_does(digits_image):
     # The converter writes a layer read only by a CONCATENATION straight onto the
     # concatenation's grid; one read elsewhere too keeps its own and is requantized.
@@ -711,6 +693,7 @@ def test_concatenate_inputs_take_its_range_as_tflite_does(digits_image):
     assert out.max() <= 2 * lite.output_details["quantization"][0] + 1e-6
 
 
+@pytest.mark.slow
 def test_swish_runs_as_int8_logistic_then_mul(digits_image):
     # EfficientNet's activation: TFLite rounds the sigmoid onto its 1/256 grid first.
     (x, y), (x_test, _) = digits_image
@@ -747,6 +730,7 @@ def _convnext_like():
     return keras.Model(inputs, L.Dense(10)(x))
 
 
+@pytest.mark.slow
 def test_convnext_parts_quantize_fully_int8():
     (x, _), _ = tfc.datasets.load_digits(shape="image")
     model = _convnext_like()

@@ -158,6 +158,7 @@ def test_subclassed_is_refused():
         prune_units(nothing)
 
 
+@pytest.mark.slow
 def test_fine_tuned_accuracy_and_smaller_tflite(digits, tmp_path):
     (x, y), (xt, yt) = digits
     model = small_mlp(hidden=(128, 64))

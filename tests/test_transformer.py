@@ -58,6 +58,7 @@ def trained_encoder():
     return trained_on_digit_rows(encoder(), 20, 2e-3)
 
 
+@pytest.mark.slow
 def test_int8_ptq_is_fully_int8(trained_encoder):
     model, (x, _), (xt, yt) = trained_encoder
     reference = model.predict(xt, verbose=0)
@@ -128,6 +129,7 @@ def _ranged_file_error(qat, x):
     return lite, float(np.percentile(np.abs(lite.predict(x) - reference), 99) / step)
 
 
+@pytest.mark.slow
 def test_qat_encoder_is_fully_int8_within_a_point_of_float(trained_encoder):
     model, (x, y), (xt, yt) = trained_encoder
     float_accuracy = np.mean(model.predict(xt, verbose=0).argmax(1) == yt)
@@ -212,6 +214,7 @@ def trained_vit():
     return model, (x, y), test
 
 
+@pytest.mark.slow
 def test_vit_with_keras_io_patch_encoder_through_qat_saved_and_reloaded(trained_vit, tmp_path):
     model, (x, y), (xt, _) = trained_vit
     with warnings.catch_warnings():
@@ -259,6 +262,7 @@ class SubclassedEncoder(keras.Model):
         return self.head(ops.mean(x, axis=1))
 
 
+@pytest.mark.slow
 def test_subclassed_transformer_quantizes_attention_and_norm():
     (x, _), _ = datasets.load_digits(shape="sequence")
     keras.utils.set_random_seed(0)
@@ -282,6 +286,7 @@ def _low_rank_weights(layer, rank, rng):
     layer.kernel.assign((a @ rng.normal(0, 0.3, (rank, matrix.shape[1]))).reshape(kernel.shape))
 
 
+@pytest.mark.slow
 def test_low_rank_reaches_attention_and_custom_layers_exactly(tmp_path):
     model = _vit()
     rng = np.random.default_rng(0)
@@ -313,6 +318,7 @@ def test_low_rank_reaches_attention_and_custom_layers_exactly(tmp_path):
     assert isinstance(kept.get_layer("mha"), L.MultiHeadAttention)
 
 
+@pytest.mark.slow
 def test_quantized_attention_runs_low_rank_projections(trained_vit):
     model, (x, y), (xt, _) = trained_vit
     small = low_rank(model, rank=8)
@@ -359,6 +365,7 @@ def test_unregistered_custom_layers_cluster_strip_and_export():
     )
 
 
+@pytest.mark.slow
 def test_keras_hub_transformer_encoder_through_qat_and_low_rank(tmp_path):
     keras_hub = pytest.importorskip("keras_hub")
     (x, _), (xt, _) = datasets.load_digits(shape="sequence")

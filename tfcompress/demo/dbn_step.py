@@ -4,6 +4,7 @@ import keras
 
 from tfcompress import export, plots
 from tfcompress.dbn import DBN
+from tfcompress.demo.foundation_step import STEPS_PER_EXECUTION
 from tfcompress.demo.pruning_step import prune_80_and_export
 
 
@@ -26,7 +27,7 @@ def run(ctx):
 
     clf = dbn.to_classifier(10)
     clf.compile(keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"])
+                metrics=["accuracy"], steps_per_execution=STEPS_PER_EXECUTION)
     clf.fit(x, y, epochs=20, batch_size=32, verbose=0)
     ctx.log(f"DBN classifier fine-tuned: accuracy {clf.evaluate(x_test, y_test, verbose=0)[1]:.4f}")
     clf.save(ctx.out_dir / "dbn_classifier.keras")

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from tfcompress import export
-from tfcompress.demo.foundation_step import digits_mlp, train
+from tfcompress.demo.foundation_step import STEPS_PER_EXECUTION, digits_mlp, train
 from tfcompress.distill import Distiller
 
 STUDENT_UNITS = 32
@@ -56,6 +56,7 @@ def run(ctx):
         distillation_loss_fn=keras.losses.KLDivergence(),
         alpha=0.1,
         temperature=3,
+        steps_per_execution=STEPS_PER_EXECUTION,
     )
     distiller.fit(pixel_dropout(x, y), epochs=EPOCHS, verbose=0)
     logs = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)

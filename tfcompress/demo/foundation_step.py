@@ -5,6 +5,9 @@ import keras
 from tfcompress import export
 
 FORMATS = {"float": None, "dynamic": "dynamic", "float16": "float16", "int8": "int8"}
+# Fits on the digits run 15 batches per call: the same steps in the same order, about twice
+# as fast on models this small, where each call's Python overhead outweighs the step.
+STEPS_PER_EXECUTION = 15
 
 
 def digits_mlp(seed=0):
@@ -43,6 +46,7 @@ def train(model, x, y, epochs, batch_size=32):
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        steps_per_execution=STEPS_PER_EXECUTION,
     )
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
     return model

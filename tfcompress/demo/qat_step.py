@@ -37,6 +37,7 @@ def run(ctx):
             optimizer=keras.optimizers.Adam(1e-4),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
+            steps_per_execution=foundation_step.STEPS_PER_EXECUTION,
         )
         qat.fit(x, y, epochs=QAT_EPOCHS, batch_size=32, verbose=0)
         qat.save(ctx.out_dir / f"{tag}_qat.keras")

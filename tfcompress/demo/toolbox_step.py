@@ -3,7 +3,7 @@
 import keras
 
 from tfcompress import clustering, export, factorization
-from tfcompress.demo.foundation_step import digits_mlp, train
+from tfcompress.demo.foundation_step import STEPS_PER_EXECUTION, digits_mlp, train
 
 CLUSTERS = 16
 
@@ -14,6 +14,7 @@ def fine_tune(model, x, y, epochs):
         optimizer=keras.optimizers.Adam(1e-4),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        steps_per_execution=STEPS_PER_EXECUTION,
     )
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     return model
