@@ -130,6 +130,7 @@ def test_to_tflite_refuses_an_unknown_calibration():
         to_tflite(model, quantization="int8", representative_data=np.ones((5, 4)), calibration="kl")
 
 
+@pytest.mark.slow
 def test_subclassed_model_calibrates_and_exports(digits):
     from test_qat import TwoLayerNet
 

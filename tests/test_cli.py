@@ -48,6 +48,7 @@ def saved_mlp(tmp_path_factory, digits):
     return path
 
 
+@pytest.mark.slow
 def test_export_int8_with_calibration_file(saved_mlp, tmp_path, digits, capsys):
     (x, _), (xt, yt) = digits
     np.save(tmp_path / "x.npy", x[:100])
@@ -63,6 +64,7 @@ def test_export_int8_with_calibration_file(saved_mlp, tmp_path, digits, capsys):
     assert "wrote" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_on_digits(saved_mlp, tmp_path, capsys):
     out = tmp_path / "m.tflite"
     assert cli.main(["export", str(saved_mlp), "-o", str(out), "--quantization", "dynamic"]) == 0
@@ -95,6 +97,7 @@ def test_bad_arguments_exit_2_with_one_line(saved_mlp, tmp_path, capsys):
     assert not (tmp_path / "m.tflite").exists()
 
 
+@pytest.mark.slow
 def test_console_script_help():
     proc = subprocess.run([sys.executable, "-m", "tfcompress", "--help"], capture_output=True,
                           text=True, timeout=120)

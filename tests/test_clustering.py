@@ -173,6 +173,7 @@ def test_gradients_reach_centroids_as_summed_member_gradients(digits):
     assert np.all(np.abs(expected) > 0)
 
 
+@pytest.mark.slow
 def test_fit_trains_centroids_and_keeps_accuracy(digits):
     (x, y), (xt, yt) = digits
     model = _compile(small_mlp(hidden=(32,)))
@@ -189,6 +190,7 @@ def test_fit_trains_centroids_and_keeps_accuracy(digits):
     assert _compile(final).evaluate(xt, yt, verbose=0)[1] >= base - 0.03
 
 
+@pytest.mark.slow
 def test_preserve_sparsity_keeps_zeros_through_training(digits):
     (x, y), _ = digits
     model = small_mlp(hidden=(32,))
@@ -246,6 +248,7 @@ class Net(keras.Model):
         return {**super().get_config(), "hidden": self.hidden}
 
 
+@pytest.mark.slow
 def test_subclassed_model_clusters_trains_saves_and_strips(digits, tmp_path):
     (x, y), (xt, _) = digits
     model = Net()
@@ -274,6 +277,7 @@ def test_subclassed_model_clusters_trains_saves_and_strips(digits, tmp_path):
     np.testing.assert_allclose(lite.predict(xt), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_under_mirrored_strategy(mirrored, digits):
     (x, y), _ = digits
     model = small_mlp(hidden=(24,))
@@ -316,6 +320,7 @@ def _cnn(seed=0):
     ])
 
 
+@pytest.mark.slow
 def test_int8_ptq_keeps_cluster_count_per_channel(digits_image):
     (x, y), (xt, _) = digits_image
     model = _compile(_cnn())
@@ -335,6 +340,7 @@ def test_int8_ptq_keeps_cluster_count_per_channel(digits_image):
     assert agree > 0.9
 
 
+@pytest.mark.slow
 def test_int8_cluster_preserving_qat_keeps_cluster_count(digits):
     (x, y), (xt, yt) = digits
     model = _compile(small_mlp(hidden=(24,)))

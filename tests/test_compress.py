@@ -56,6 +56,7 @@ def test_clustered_model_fine_tunes_onto_the_int4_grid(mlp, digits):
     assert result.agreement >= 0.99
 
 
+@pytest.mark.slow
 def test_python_api_prunes_quantizes_checks_and_keeps_the_baseline(mlp, digits, tmp_path):
     (x, y), (xt, yt) = digits
     before = [w.copy() for w in mlp.get_weights()]
@@ -139,6 +140,7 @@ def test_uncompiled_model_needs_a_loss(digits):
     assert len(result.tflite) > 0
 
 
+@pytest.mark.slow
 def test_cli_npz_with_keys_and_max_drop(files, capfd):
     out = files / "npz" / "m.tflite"
     argv = ["compress", str(files / "mlp.keras"), "--data", str(files / "train.npz"),
@@ -160,6 +162,7 @@ def test_cli_npz_with_keys_and_max_drop(files, capfd):
     assert tfc.export.LiteModel(out).is_fully_int8() and report["agreement"] >= 0.97
 
 
+@pytest.mark.slow
 def test_cli_max_drop_missed_exits_1_and_writes_nothing(files, capfd):
     out = files / "drop" / "m.tflite"
     argv = ["compress", str(files / "mlp.keras"), "--data", str(files / "train.npz"),
@@ -171,6 +174,7 @@ def test_cli_max_drop_missed_exits_1_and_writes_nothing(files, capfd):
     assert not (files / "drop").exists()
 
 
+@pytest.mark.slow
 def test_cli_csv_with_label_column(files, capfd):
     out = files / "csv" / "m.tflite"
     argv = ["compress", str(files / "mlp.keras"), "--data", str(files / "train.csv"),
@@ -181,6 +185,7 @@ def test_cli_csv_with_label_column(files, capfd):
     assert report["file_accuracy"] > 0.85 and report["agreement"] >= 0.98
 
 
+@pytest.mark.slow
 def test_cli_image_folder(tmp_path, digits, capfd):
     (x, y), (xt, yt) = digits
     keras.utils.set_random_seed(0)
@@ -278,6 +283,7 @@ def test_as_arrays_forms():
         tfc.data.as_arrays(iter(()), "calibration")
 
 
+@pytest.mark.slow
 def test_the_same_data_forms_everywhere_data_is_taken(mlp, files, digits, tmp_path, capsys):
     (x, y), (xt, yt) = digits
     # to_tflite's representative data and calibrate(): dataset and generator as the array.

@@ -70,6 +70,7 @@ def int8_kernels(blob, axes=False):
     ]
 
 
+@pytest.mark.slow
 def test_cluster_count_per_channel_is_kept_in_keras_and_tflite(digits):
     (x, y), (xt, _) = digits
     final = clustered_mlp(x, y, 4, hidden=(96,), per_channel=True, epochs=4)
@@ -104,6 +105,7 @@ def test_cluster_count_per_channel_is_kept_in_keras_and_tflite(digits):
     assert agree >= 0.98
 
 
+@pytest.mark.slow
 def test_centroid_gradient_is_the_sum_of_member_gradients(digits):
     (x, y), _ = digits
     final = clustered_mlp(x, y, 6, epochs=2)
@@ -123,6 +125,7 @@ def test_centroid_gradient_is_the_sum_of_member_gradients(digits):
     assert np.sum(np.abs(expected) > 0) >= 5
 
 
+@pytest.mark.slow
 def test_pruned_and_clustered_zeros_stay_exactly_zero(digits):
     (x, y), (xt, _) = digits
     final = clustered_mlp(x, y, 8, sparsity=0.6, epochs=4)
@@ -167,6 +170,7 @@ class Net(keras.Model):
         return self.head(self.first(x))
 
 
+@pytest.mark.slow
 def test_subclassed_model_round_trip(digits, tmp_path):
     (x, y), (xt, _) = digits
     net = Net()
@@ -223,6 +227,7 @@ def test_bad_inputs_name_the_problem():
         quantize_model(model, preserve_clusters=True)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_parity(mirrored, digits):
     (x, y), _ = digits
     x, y = x[:256], y[:256]
@@ -294,6 +299,7 @@ def test_every_layer_kind_keeps_per_channel_count_through_folding(digits_image):
     assert len(counts) == 6 and all(2 <= c <= 4 for c in counts), counts
 
 
+@pytest.mark.slow
 def test_clustered_depthwise_with_folded_batchnorm_is_accepted():
     # Folding BatchNorm scales each 3x3 depthwise channel: 9 weights, up to 8 distinct
     # values, which the "is it clustered" rule alone would reject. The kernel is

@@ -51,6 +51,7 @@ def test_upper_layer_is_trained_on_the_lower_layer_probabilities():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("momentum,same", [(0.9, True), (0.5, False)])
 def test_default_optimizer_is_sgd_with_momentum_0_9(momentum, same):
     # benchmarks/dbn_bench.py --variants: momentum 0.9 gives better classifiers
@@ -65,6 +66,7 @@ def test_default_optimizer_is_sgd_with_momentum_0_9(momentum, same):
     assert (max(gaps) < 1e-6) == same
 
 
+@pytest.mark.slow
 def test_pretrain_reads_a_generator_as_its_array():
     x = _binary()
     from_array, from_generator = DBN([5, 3], seed=2), DBN([5, 3], seed=2)
@@ -75,6 +77,7 @@ def test_pretrain_reads_a_generator_as_its_array():
         np.testing.assert_array_equal(np.array(a), np.array(b))
 
 
+@pytest.mark.slow
 def test_pretrain_returns_histories_runs_callbacks_and_freezes_lower_layers():
     x = _binary()
     dbn = DBN([6, 4], seed=0)
@@ -95,6 +98,7 @@ def test_pretrain_returns_histories_runs_callbacks_and_freezes_lower_layers():
     np.testing.assert_allclose(dbn(x), dbn.rbms[1](dbn.rbms[0](x)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pretrain_inside_mirrored_strategy_matches_one_device(mirrored):
     x = _binary(40)
 
@@ -113,6 +117,7 @@ def test_pretrain_inside_mirrored_strategy_matches_one_device(mirrored):
         assert np.abs(trained - np.array(fresh)).max() > 1e-4  # 10x the parity tolerance
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_dbn_features_beat_raw_pixels_on_shifted_digits():
     x_train, x_test, y_train, y_test = _shifted_digits()
@@ -127,6 +132,7 @@ def test_dbn_features_beat_raw_pixels_on_shifted_digits():
     assert dbn_acc > raw_acc + 0.05
 
 
+@pytest.mark.slow
 def test_classifier_starts_from_rbms_fine_tunes_and_exports(digits, tmp_path):
     (x_tr, y_tr), (x_te, y_te) = digits
     dbn = DBN([32, 16], seed=0)

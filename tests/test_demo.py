@@ -17,6 +17,7 @@ def full_demo(tmp_path_factory):
     return out, result, lines
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_and_reports_every_artifact(full_demo):
     out, result, lines = full_demo
     for step in demo.STEPS:

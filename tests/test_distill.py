@@ -385,6 +385,7 @@ def test_get_config_round_trip():
     assert not clone.teacher.trainable
 
 
+@pytest.mark.slow
 def test_keras_round_trip(tmp_path, digits):
     # A fresh process that imports only tfcompress reloads a Distiller in test_multiworker.py.
     (x, y), _ = digits
@@ -437,6 +438,7 @@ def test_teacherless_round_trip(tmp_path, digits):
                                  rel=1e-5)
 
 
+@pytest.mark.slow
 def test_student_exports_alone(tmp_path, digits):
     (x, y), (x_te, _) = digits
     d = tfc.Distiller(student=small_mlp(hidden=(16,), seed=2), teacher=small_mlp(seed=1))

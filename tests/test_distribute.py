@@ -118,6 +118,7 @@ def _one_step(strategy, mode, x, y, w):
     return [v.numpy() for v in d.trainable_variables], logs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["logits", "features", "fed"])
 def test_distiller_replica_parity(mirrored, digits, mode):
     (x, y), _ = digits

@@ -92,6 +92,7 @@ def test_dynamic_and_float16_are_smaller_and_accurate(quantization, mlp, mlp_fil
     assert not lite.is_fully_int8()
 
 
+@pytest.mark.slow
 def test_int8_io_predict_quantizes_as_numpy_reference(mlp, digits):
     (x, _), (xt, _) = digits
     blob = tfc.export.to_tflite(mlp, quantization="int8", representative_data=x[:200], int8_io=True)
@@ -293,6 +294,7 @@ def test_per_channel_dense_is_an_opt_in(mlp, mlp_files, digits):
                - tfc.export.LiteModel(mlp_files["int8"]).evaluate(xt, yt)) <= 0.01
 
 
+@pytest.mark.slow
 def test_integer_input_model_runs_in_float_and_int8():
     # An int32 input (token ids) has quantization scale 0: it must be cast, not "quantized".
     keras.utils.set_random_seed(1)
@@ -311,6 +313,7 @@ def test_integer_input_model_runs_in_float_and_int8():
     np.testing.assert_allclose(int8.predict(ids), expected, atol=0.02)
 
 
+@pytest.mark.slow
 def test_free_length_dimension_predicts_and_calibrates():
     keras.utils.set_random_seed(2)
     model = keras.Sequential([keras.Input((None, 4)), keras.layers.Dense(8, activation="relu"),

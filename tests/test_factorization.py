@@ -93,6 +93,7 @@ def test_low_rank_only_when_it_saves_parameters():
     assert [layer.kernel.shape for layer in two.layers] == [(64, 2), (2, 64), (64, 2), (2, 3)]
 
 
+@pytest.mark.slow
 def test_low_rank_functional_conv_per_layer_dict(digits_image):
     (x, _), _ = digits_image
     keras.utils.set_random_seed(0)
@@ -120,6 +121,7 @@ def test_low_rank_functional_conv_per_layer_dict(digits_image):
     assert int8.is_fully_int8()
 
 
+@pytest.mark.slow
 def test_low_rank_fine_tunes_saves_and_exports(digits, tmp_path):
     (x, y), (xt, yt) = digits
     model = _compile(small_mlp(hidden=(64,)))
@@ -246,6 +248,7 @@ def test_low_rank_bad_input(kwargs, match):
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
 
 
+@pytest.mark.slow
 def test_low_rank_under_mirrored_strategy(mirrored, digits):
     (x, y), _ = digits
     model = small_mlp(hidden=(32,))
@@ -276,6 +279,7 @@ def test_pca_equals_scikit_learn_up_to_sign(digits, n_components, whiten):
     np.testing.assert_allclose(ours * signs, theirs, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_pca_first_layer_trains_saves_exports(digits, tmp_path):
     (x, y), (xt, _) = digits
     pca = PCA(0.9)

@@ -63,6 +63,7 @@ def test_int4_grid_matches_numpy_and_passes_gradients_straight_through():
     np.testing.assert_allclose(tape.gradient(loss, variable), np.full_like(w, 3.0))
 
 
+@pytest.mark.slow
 def test_int4_qat_file_holds_the_keras_kernels_and_agrees(digits):
     (x, y), (xt, yt) = digits
     model = _fit(_mlp(128, 64), x, y, 10)
@@ -83,6 +84,7 @@ def test_int4_qat_file_holds_the_keras_kernels_and_agrees(digits):
     assert np.abs(predicted - reference).max() <= 0.01 * np.ptp(reference)
 
 
+@pytest.mark.slow
 def test_int4_qat_conv_kernels_per_output_channel():
     (x, y), (xt, _) = tfc.datasets.load_digits(shape="image")
     keras.utils.set_random_seed(0)
@@ -134,6 +136,7 @@ keras.saving.register_keras_serializable("test_int4")(Block)
 keras.saving.register_keras_serializable("test_int4")(Net)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["functional", "subclassed"])
 def test_int4_qat_reaches_inside_custom_layers_and_reloads(digits, tmp_path, kind):
     (x, y), (xt, _) = digits

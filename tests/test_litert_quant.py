@@ -156,6 +156,7 @@ def test_sensitivity_ranks_the_layer_that_int4_hurts_first(small, digits, tmp_pa
     assert "d2" in str(tfc.quantization.sensitivity(skewed, xt[:50], yt[:50]))
 
 
+@pytest.mark.slow
 def test_mixed_precision_keeps_the_fewest_most_sensitive_layers(small, digits):
     _, (xt, yt) = digits
     everything = tfc.quantization.mixed_precision(small, (xt, yt), 0.0, quantization="int4")
@@ -201,6 +202,7 @@ def test_bad_mixed_precision_arguments_write_nothing(small, tmp_path, kwargs, ma
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_layers_are_found_in_the_file_also_with_batchnorm_folded_in():
     L = keras.layers
     keras.utils.set_random_seed(0)

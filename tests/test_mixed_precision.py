@@ -59,6 +59,7 @@ def _assert_exports(model, x, *, quantization=None, representative_data=None, ag
     return lite
 
 
+@pytest.mark.slow
 def test_rbm_fit(policy, digits):
     (x, _), _ = digits
     v = (x[:256] > 0.5).astype("float32")
@@ -81,6 +82,7 @@ def test_rbm_fit(policy, digits):
     _assert_exports(model, v[:64], agree=None)
 
 
+@pytest.mark.slow
 def test_pruning_fit(policy, digits):
     (x, y), _ = digits
     schedule = tfc.pruning.ConstantSparsity(0.5, begin_step=0, frequency=1)
@@ -96,6 +98,7 @@ def test_pruning_fit(policy, digits):
     _assert_exports(final, x[:128])
 
 
+@pytest.mark.slow
 def test_quantization_aware_fit(policy, digits):
     (x, y), _ = digits
     qat = tfc.quantization.quantize_model(small_mlp(hidden=(32,)))
@@ -107,6 +110,7 @@ def test_quantization_aware_fit(policy, digits):
     assert lite.is_fully_int8()
 
 
+@pytest.mark.slow
 def test_distiller_fit(policy, digits):
     (x, y), _ = digits
     d = tfc.Distiller(student=small_mlp(hidden=(8,), seed=2),
@@ -123,6 +127,7 @@ def test_distiller_fit(policy, digits):
     _assert_exports(d.student, x[:128])
 
 
+@pytest.mark.slow
 def test_feature_distillation_fit_and_round_trip(policy, digits, tmp_path):
     (x, y), _ = digits
     teacher, student = feature_models()
@@ -139,6 +144,7 @@ def test_feature_distillation_fit_and_round_trip(policy, digits, tmp_path):
     np.testing.assert_array_equal(clone.predict(x[:16], verbose=0), d.predict(x[:16], verbose=0))
 
 
+@pytest.mark.slow
 def test_dbn_pretrain_and_classifier(policy, digits):
     (x, y), _ = digits
     v = (x[:128] > 0.5).astype("float32")
@@ -155,6 +161,7 @@ def test_dbn_pretrain_and_classifier(policy, digits):
     _assert_exports(clf, x[:128], agree=0.9)
 
 
+@pytest.mark.slow
 def test_low_rank_fit(policy, digits):
     (x, y), _ = digits
     small = tfc.factorization.low_rank(small_mlp(hidden=(32,)), rank=4)
@@ -165,6 +172,7 @@ def test_low_rank_fit(policy, digits):
     _assert_exports(small, x[:128], agree=0.9)
 
 
+@pytest.mark.slow
 def test_pca_fit(policy, digits):
     (x, y), _ = digits
     pca = tfc.factorization.PCA(12)
@@ -177,6 +185,7 @@ def test_pca_fit(policy, digits):
     _assert_exports(model, x[:128], agree=0.9)
 
 
+@pytest.mark.slow
 def test_clustering_fit(policy, digits):
     (x, y), _ = digits
     clustered = tfc.clustering.cluster_weights(small_mlp(hidden=(32,)), number_of_clusters=8,

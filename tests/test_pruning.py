@@ -191,6 +191,7 @@ def _nested_application():
     return keras.Model(inputs, keras.layers.Dense(10)(app(inputs)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["subclassed", "nested_application"])
 def test_subclassed_and_nested(kind, digits):
     if kind == "subclassed":
@@ -265,6 +266,7 @@ def test_end_step_equal_to_total_steps_is_reached_when_fit_ends(digits):
         assert _zeros(variable).sum() == _expected_zero_count(int(np.prod(variable.shape)), 0.8)
 
 
+@pytest.mark.slow
 def test_zeros_stay_zero_with_adam_and_forward_never_sees_them(digits):
     (x, y), _ = digits
     model = small_mlp(hidden=(32,))
@@ -375,6 +377,7 @@ def test_recompile_mid_schedule_keeps_every_turn(digits):
     assert _zero_counts(pm) == [_expected_zero_count(n, 0.8) for n in _sizes(pm)]
 
 
+@pytest.mark.slow
 def test_load_model_compile_fit_continues_the_schedule(tmp_path, digits):
     (x, y), _ = digits
     schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=40, frequency=5)
@@ -396,6 +399,7 @@ def test_load_model_compile_fit_continues_the_schedule(tmp_path, digits):
         assert _zeros(variable)[zero].all()
 
 
+@pytest.mark.slow
 def test_backup_and_restore_resumes_the_step(tmp_path, digits):
     (x, y), _ = digits
     x, y = x[:160], y[:160]  # 10 steps an epoch
@@ -440,6 +444,7 @@ def _without_step(src, dst):
             zout.writestr(item, data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recompile", [False, True])
 def test_file_saved_before_the_step_variable_still_loads(tmp_path, digits, recompile):
     (x, y), _ = digits
@@ -551,6 +556,7 @@ def _pruned_on(strategy, data, schedule, *fits):
     return model, pm
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_parity(mirrored, digits):
     (x, y), _ = digits
     schedule = PolynomialDecay(0.0, 0.7, begin_step=2, end_step=12, frequency=3)
@@ -657,6 +663,7 @@ def test_strip_pruning_plain_model_identical_outputs(tmp_path, digits):
     assert pruning.strip_pruning(final) is final
 
 
+@pytest.mark.slow
 def test_tflite_export_keeps_zeros(tmp_path, digits):
     (x, y), (xt, _) = digits
     model = small_mlp(hidden=(32,))

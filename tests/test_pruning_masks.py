@@ -149,6 +149,7 @@ def test_num_blocks_to_prune_cases(n, sparsity, expected):
     assert int(masks.num_blocks_to_prune(n, np.float32(sparsity))) == expected
 
 
+@pytest.mark.slow
 def test_num_blocks_to_prune_is_nearest_and_never_a_block_over():
     rng = np.random.default_rng(6)
     sizes = rng.integers(1, 5000, 300).tolist() + list(range(1, 41))

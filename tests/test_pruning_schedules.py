@@ -62,6 +62,7 @@ def _ours(schedule):
     return list(zip(keras.ops.convert_to_numpy(should).tolist(), sparsity.tolist()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "cls,grid,key", [(PolynomialDecay, POLY_GRID, "poly"), (ConstantSparsity, CONST_GRID, "const")]
 )

@@ -60,6 +60,7 @@ def cnn(with_bn=True):
     return keras.Model(inputs, L.Dense(10)(x))
 
 
+@pytest.mark.slow
 def test_mlp_qat_exports_fully_int8_and_agrees(float_mlp, digits):
     (x, y), (x_test, y_test) = digits
     before = [w.copy() for w in float_mlp.get_weights()]
@@ -101,6 +102,7 @@ def test_cnn_with_batchnorm_folds_fuses_and_agrees(digits_image):
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "FULLY_CONNECTED"} <= lite.ops()
 
 
+@pytest.mark.slow
 def test_batchnorm_folding_is_exact():
     for kind in ["dense", "conv", "depthwise", "separable", "conv1d", "depthwise1d", "separable1d"]:
         check_folding(kind)
@@ -177,6 +179,7 @@ def assert_ranges_in_file(qat, lite):
         assert any(abs(s - scale) <= 1e-6 * scale for s in scales), layer.name
 
 
+@pytest.mark.slow
 def test_fused_relus_hard_swish_and_single_value_means_follow_the_converter():
     # The converter fuses a ReLU/ReLU6 into the ADD/SUB/MUL before it, turns
     # x * relu6(x + 3) / 6 into one HARD_SWISH, and removes a mean over 1x1:
@@ -214,6 +217,7 @@ def test_fused_relus_hard_swish_and_single_value_means_follow_the_converter():
     assert np.abs(lite.predict(x) - qat.predict(x, verbose=0)).max() <= 1.01 * scale
 
 
+@pytest.mark.slow
 def test_hard_swish_matches_the_int8_kernel_code_for_code():
     # TFLite's int8 HARD_SWISH works in 16-bit fixed point: for a few input
     # codes it lands one step away from rounding hard_swish(x); QAT computes
@@ -289,6 +293,7 @@ def test_hard_swish_se_cnn_agrees_with_its_int8_file(digits_image):
     assert np.mean(error > scale / 2) < 0.01
 
 
+@pytest.mark.slow
 def test_one_d_convolutions_are_fully_int8():
     # 1-D convs run as explicit 2-D ones: the converter cannot expand the dims
     # of a per-channel quantized kernel.
@@ -322,6 +327,7 @@ def test_one_d_convolutions_are_fully_int8():
         np.testing.assert_allclose(kernel[0, ..., c], expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_rbm_layer_is_quantized(digits):
     (x, y), (x_test, _) = digits
     keras.utils.set_random_seed(0)
@@ -346,6 +352,7 @@ def test_rbm_layer_is_quantized(digits):
     assert agree >= 0.99 and "LOGISTIC" in lite.ops()
 
 
+@pytest.mark.slow
 def test_sparsity_is_preserved(float_mlp, digits):
     (x, y), _ = digits
     pruned = keras.models.clone_model(float_mlp)
@@ -382,6 +389,7 @@ class TwoLayerNet(keras.Model):
         return {**super().get_config(), "hidden": self.hidden}
 
 
+@pytest.mark.slow
 def test_subclassed_model(digits, tmp_path):
     (x, y), (x_test, _) = digits
     model = TwoLayerNet()
@@ -446,6 +454,7 @@ def test_sub_model_configs_and_masks_survive_reload(digits, tmp_path):
     np.testing.assert_array_equal(mask, w != 0)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_parity(mirrored, digits):
     (x, y), _ = digits
     x, y = x[:256], y[:256]
@@ -477,6 +486,7 @@ def test_activation_range_is_moving_average_of_batch_extremes(digits):
     np.testing.assert_allclose([float(q.min_value), float(q.max_value)], [lo, hi], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_layer_opt_out_and_unsupported_layers(digits):
     (x, y), _ = digits
     keras.utils.set_random_seed(0)
@@ -539,6 +549,7 @@ def test_dense_subclass_with_own_call_stays_float():
     )
 
 
+@pytest.mark.slow
 def test_per_tensor_and_per_channel_configs(float_mlp, digits):
     (x, y), (x_test, _) = digits
     first, second = (layer.name for layer in float_mlp.layers)

@@ -100,6 +100,7 @@ def test_nudged_range_matches_tflite_params():
     assert quantizers.nudged_range(0.0, 255 / 256) == (1 / 256, -128)
 
 
+@pytest.mark.slow
 @pytest.mark.reference
 def test_weight_quantizer_matches_tfmot():
     w = np.random.default_rng(4).normal(size=(3, 3, 2, 5)).astype(np.float32)

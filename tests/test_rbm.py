@@ -309,6 +309,7 @@ def test_pruned_rbm_trainer_still_trains_by_cd():
     assert np.all(np.isfinite(pruned.evaluate(x, verbose=0)))
 
 
+@pytest.mark.slow
 def test_exported_rbm_is_only_the_inference_graph():
     rng = np.random.default_rng(0)
     x = (rng.random((64, 8)) < 0.4).astype("float32")
@@ -375,6 +376,7 @@ def test_free_energy_gap_rejects_a_model_without_rbm_before_training():
 # ------------------------------------------------------- distribution
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("persistent", [False, True])
 def test_mirrored_strategy_matches_one_device(mirrored, persistent):
     rng = np.random.default_rng(0)

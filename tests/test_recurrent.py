@@ -159,6 +159,7 @@ def _silence_units(layer, dropped):
             variable.assign(value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_prune_units_removes_hidden_units_across_gates_and_exports(kind):
     model = _net(kind)
@@ -206,6 +207,7 @@ def test_prune_units_leaves_state_returning_layers_whole():
         prune_units(model, 0.5)
 
 
+@pytest.mark.slow
 def test_bidirectional_halves_keep_as_many_units():
     """Keras sizes a concatenating Bidirectional as twice its forward half, so a half
     whose units are weaker still keeps as many: its strongest."""
@@ -368,6 +370,7 @@ def test_qat_keeps_the_zeros_of_pruned_recurrent_kernels(tmp_path):
 # TFLite's fused LSTM op: to_tflite(..., recurrent="fused")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind", ["lstm", "bidirectional", "bidirectional_lstm_sum", "lstm_residual", "stacked"]
 )

@@ -20,6 +20,7 @@ def tiny():
     return model, x, y
 
 
+@pytest.mark.slow
 def test_keras_and_tflite_rows_match_hand_computed_figures(tiny, tmp_path):
     model, x, y = tiny
     path = tmp_path / "tiny.tflite"
@@ -49,6 +50,7 @@ def test_int8_rows_count_zero_points_as_zero(tiny, tmp_path):
     assert row["params"] == 9 and row["nonzero"] == 4 and row["accuracy"] == pytest.approx(0.75)
 
 
+@pytest.mark.slow
 def test_text_markdown_and_plot(tiny, tmp_path):
     model, x, y = tiny
     report = tfc.report.compression_report({"a": model, "b": tfc.export.to_tflite(model)}, x, y,

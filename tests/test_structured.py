@@ -377,6 +377,7 @@ def _resnet():
     return keras.Model(inputs, L.Dense(10, name="logits")(x), name="resnet")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "build",
     [

@@ -199,6 +199,7 @@ def _fit(model, x, y, epochs, lr):
     return model
 
 
+@pytest.mark.slow
 def test_custom_sublayer_model_goes_through_qat_and_low_rank(tmp_path):
     x = _tokens(256)
     y = x[:, 0] % 4  # learnable from the first token
@@ -306,6 +307,7 @@ def _scale_model():
     )
 
 
+@pytest.mark.slow
 def test_register_layer_makes_a_user_layer_prunable_clusterable_quantizable(tmp_path, digits):
     layers_registry.register_layer(Scale, kernels=["w"])
     try:

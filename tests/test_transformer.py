@@ -34,6 +34,7 @@ encoder = transformer_bench.encoder
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [{}, {"axis": [1, 2]}, {"center": False}, {"scale": False}, {"epsilon": 0.1}],
@@ -85,6 +86,7 @@ def _silence_heads(attention, heads):
         dense.bias.assign(bias)
 
 
+@pytest.mark.slow
 def test_prune_units_removes_whole_heads():
     model = encoder(dim=16, heads=4)
     rng = np.random.default_rng(0)
@@ -345,6 +347,7 @@ def test_einsum_dense_factorizes_inline():
     np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_unregistered_custom_layers_cluster_strip_and_export():
     class LocalPatchEncoder(PatchEncoder):  # not registered: a keras.io notebook's layer
         pass
@@ -389,6 +392,7 @@ def test_keras_hub_transformer_encoder_through_qat_and_low_rank(tmp_path):
     np.testing.assert_allclose(lite.predict(xt[:32]), small.predict(xt[:32], verbose=0), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_keras_hub_token_and_position_embedding_gathers_int8(tmp_path):
     # Its token table is Keras' ReversibleEmbedding, its positions keras_hub's
     # PositionEmbedding (called with start_index=): both int8 tables, nothing left float.
@@ -418,6 +422,7 @@ def test_keras_hub_token_and_position_embedding_gathers_int8(tmp_path):
         token(ops.ones((2, 16)), reverse=True)  # a tied output projection stays float
 
 
+@pytest.mark.slow
 def test_prune_units_reaches_inside_keras_hub_encoder_blocks():
     keras_hub = pytest.importorskip("keras_hub")
     (x, _), _ = datasets.load_digits(shape="sequence")
