@@ -16,7 +16,8 @@ def _trained_mlp(digits, hidden, epochs):
     layers = [keras.layers.Dense(n, activation="relu", name=f"d{i + 1}")
               for i, n in enumerate(hidden)]
     model = keras.Sequential([keras.Input((64,)), *layers, keras.layers.Dense(10, name="out")])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=15)
     model.fit(x, y, epochs=epochs, verbose=0)
     return model
 

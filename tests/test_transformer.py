@@ -211,7 +211,7 @@ def _vit(dim=32, heads=4):
 @pytest.fixture(scope="module")
 def trained_vit():
     (x, y), test = datasets.load_digits(shape="image")
-    model = compile_classifier(_vit(), 2e-3)
+    model = compile_classifier(_vit(), 2e-3, steps_per_execution=15)
     model.fit(x, y, epochs=6, batch_size=32, verbose=0)
     return model, (x, y), test
 
