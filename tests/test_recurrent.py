@@ -379,7 +379,7 @@ def test_fused_lstm_float_file_matches_keras(kind):
     _randomize(model)
     x = _x()
     if kind == "stacked":  # an LSTM, then a GRU: TFLite fuses only the LSTM
-        with pytest.warns(UserWarning, match=r"unrolled: \['rnn2'\]"):
+        with pytest.warns(UserWarning, match=r"unrolled: \{'rnn2': 'not LSTM'\}"):
             lite = LiteModel(to_tflite(model, recurrent="fused"))
     else:
         lite = LiteModel(to_tflite(model, recurrent="fused"))

@@ -162,7 +162,7 @@ def fused_lstms(model):
     if refused:
         warnings.warn(
             "recurrent='fused': TFLite fuses plain LSTM layers only; these recurrent layers "
-            f"are unrolled: {list(refused)} ({refused})",
+            f"are unrolled: {refused}",
             stacklevel=5,
         )
     for layer in fused:

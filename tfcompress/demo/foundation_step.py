@@ -41,9 +41,9 @@ def digits_cnn(seed=0):
     )
 
 
-def train(model, x, y, epochs, batch_size=32):
+def train(model, x, y, epochs, batch_size=32, lr=1e-3):
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=keras.optimizers.Adam(lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         steps_per_execution=STEPS_PER_EXECUTION,

@@ -3,21 +3,14 @@
 import keras
 
 from tfcompress import clustering, export, factorization
-from tfcompress.demo.foundation_step import STEPS_PER_EXECUTION, digits_mlp, train
+from tfcompress.demo.foundation_step import digits_mlp, train
 
 CLUSTERS = 16
 
 
 def fine_tune(model, x, y, epochs):
     """Adam 1e-4 for `epochs` epochs: the fine-tune after low-rank or clustering."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        steps_per_execution=STEPS_PER_EXECUTION,
-    )
-    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
-    return model
+    return train(model, x, y, epochs, lr=1e-4)
 
 
 def _base_mlp(ctx, x, y):
